@@ -1,0 +1,157 @@
+{{/* Chart name, truncated to the 63 characters of a DNS label. */}}
+{{- define "herald.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* Fully qualified app name. */}}
+{{- define "herald.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{- define "herald.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "herald.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "herald.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end }}
+
+{{- define "herald.labels" -}}
+helm.sh/chart: {{ include "herald.chart" . }}
+{{ include "herald.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Values.image.tag | default .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: herald
+{{- end }}
+
+{{- define "herald.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create }}
+{{- default (include "herald.fullname" .) .Values.serviceAccount.name }}
+{{- else }}
+{{- default "default" .Values.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{- define "herald.image" -}}
+{{- printf "%s:%s" .Values.image.repository (.Values.image.tag | default .Chart.AppVersion) }}
+{{- end }}
+
+{{- define "herald.headlessName" -}}
+{{- printf "%s-headless" (include "herald.fullname" .) | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "herald.configName" -}}
+{{- printf "%s-config" (include "herald.fullname" .) | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "herald.appsSecretName" -}}
+{{- if .Values.apps.existingSecret }}
+{{- .Values.apps.existingSecret }}
+{{- else }}
+{{- printf "%s-apps" (include "herald.fullname" .) | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+
+{{- define "herald.redisName" -}}
+{{- printf "%s-redis" (include "herald.fullname" .) | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* Most replicas the release can run; the HPA may scale past replicaCount. */}}
+{{- define "herald.maxReplicas" -}}
+{{- if .Values.autoscaling.enabled }}
+{{- max .Values.replicaCount .Values.autoscaling.maxReplicas }}
+{{- else }}
+{{- .Values.replicaCount }}
+{{- end }}
+{{- end }}
+
+{{/* Value combinations the schema cannot express. Included by the
+     StatefulSet, so `helm template`/`install` fails with the message. */}}
+{{- define "herald.validate" -}}
+{{- $mode := .Values.redis.mode }}
+{{- if and (eq $mode "none") (gt (int (include "herald.maxReplicas" .)) 1) }}
+{{- fail (printf "\n\nherald: redis.mode=none with %s replicas. A Herald cluster needs Redis: with the in-memory bus each node only delivers events to its own clients. Set redis.mode to external, sentinel, cluster or bundled (development only), or run a single node with replicaCount=1 (and autoscaling.enabled=false)." (include "herald.maxReplicas" .)) }}
+{{- end }}
+{{- if and (eq $mode "external") (not .Values.redis.url) (not .Values.redis.existingSecret) }}
+{{- fail "\n\nherald: redis.mode=external needs redis.url (redis://host:6379 or rediss://...) or redis.existingSecret holding the URL." }}
+{{- end }}
+{{- if and (eq $mode "sentinel") (or (empty .Values.redis.sentinel.urls) (not .Values.redis.sentinel.masterName)) }}
+{{- fail "\n\nherald: redis.mode=sentinel needs redis.sentinel.urls (one or more redis://sentinel-host:26379) and redis.sentinel.masterName." }}
+{{- end }}
+{{- if and (eq $mode "cluster") (empty .Values.redis.cluster.urls) }}
+{{- fail "\n\nherald: redis.mode=cluster needs redis.cluster.urls (seed nodes, redis://host:6379)." }}
+{{- end }}
+{{- if and .Values.tls.enabled (not .Values.tls.secretName) }}
+{{- fail "\n\nherald: tls.enabled=true needs tls.secretName (a kubernetes.io/tls Secret with tls.crt and tls.key)." }}
+{{- end }}
+{{- if gt (int .Values.drain.windowSeconds) (int .Values.drain.deadlineSeconds) }}
+{{- fail "\n\nherald: drain.windowSeconds must not exceed drain.deadlineSeconds." }}
+{{- end }}
+{{- if and (not .Values.apps.existingSecret) (empty .Values.apps.inline) }}
+{{- fail "\n\nherald: no apps configured. Set apps.inline (a list of {id, key, secret}) or apps.existingSecret." }}
+{{- end }}
+{{- if and .Values.autoscaling.enabled (gt (int .Values.autoscaling.minReplicas) (int .Values.autoscaling.maxReplicas)) }}
+{{- fail "\n\nherald: autoscaling.minReplicas must not exceed autoscaling.maxReplicas." }}
+{{- end }}
+{{- end }}
+
+{{- define "herald.terminationGracePeriodSeconds" -}}
+{{- if .Values.drain.terminationGracePeriodSeconds }}
+{{- .Values.drain.terminationGracePeriodSeconds }}
+{{- else }}
+{{- add .Values.drain.preStopSleepSeconds .Values.drain.deadlineSeconds 5 }}
+{{- end }}
+{{- end }}
+
+{{/* herald.toml without credentials (ConfigMap). Follows Herald's config
+     contract; node_id comes from HERALD_SERVER__NODE_ID (the pod name). */}}
+{{- define "herald.configToml" -}}
+# Rendered by the herald Helm chart. The node id is set per pod through
+# HERALD_SERVER__NODE_ID; apps are appended from the apps Secret.
+[server]
+listen = {{ printf "0.0.0.0:%d" (int .Values.containerPort) | toJson }}
+admin_listen = {{ printf "0.0.0.0:%d" (int .Values.adminPort) | toJson }}
+activity_timeout = {{ int .Values.activityTimeout }}
+max_connections = {{ int .Values.limits.maxConnections }}
+handshakes_per_second = {{ int .Values.limits.handshakesPerSecond }}
+outbound_queue_bytes = {{ int .Values.limits.outboundQueueBytes }}
+drain_window = {{ int .Values.drain.windowSeconds }}
+drain_deadline = {{ int .Values.drain.deadlineSeconds }}
+
+[bus]
+{{- $mode := .Values.redis.mode }}
+{{- if eq $mode "none" }}
+driver = "memory"
+{{- else }}
+driver = "redis"
+{{- if eq $mode "bundled" }}
+url = {{ printf "redis://%s:6379" (include "herald.redisName" .) | toJson }}
+{{- else if eq $mode "external" }}
+{{- if and .Values.redis.url (not .Values.redis.existingSecret) }}
+url = {{ .Values.redis.url | toJson }}
+{{- end }}
+{{- else if eq $mode "sentinel" }}
+sentinel_urls = {{ .Values.redis.sentinel.urls | toJson }}
+sentinel_master = {{ .Values.redis.sentinel.masterName | toJson }}
+{{- else if eq $mode "cluster" }}
+cluster_urls = {{ .Values.redis.cluster.urls | toJson }}
+{{- end }}
+{{- end }}
+key_prefix = {{ .Values.redis.keyPrefix | toJson }}
+{{- if .Values.tls.enabled }}
+
+[tls]
+cert = "/etc/herald/tls/tls.crt"
+key = "/etc/herald/tls/tls.key"
+{{- end }}
+{{- end }}
