@@ -27,6 +27,9 @@ const APPS = {
 };
 
 const SOCKET_ID_RE = /^\d+\.\d+$/;
+// How long to wait for an expected frame/event. Herald runs locally, so anything
+// slower than this is a failure; kept short so a broken server fails fast.
+const T = Number(process.env.CONFORMANCE_TIMEOUT_MS || 3000);
 
 // ---------------------------------------------------------------------------
 // small async helpers
@@ -52,8 +55,8 @@ async function waitFor(fn, { timeout = 5000, interval = 25, what = 'condition' }
   }
 }
 
-/** Promise that resolves when `bindable.bind(event)` fires (first time). */
-function once(bindable, event, { timeout = 5000, what } = {}) {
+/** Promise that resolves when `bindable.bind(event)` fires (first time); withMeta -> {data, meta}. */
+function once(bindable, event, { timeout = T, what, withMeta = false } = {}) {
   return new Promise((resolve, reject) => {
     const t = setTimeout(() => {
       bindable.unbind(event, handler);
@@ -62,7 +65,7 @@ function once(bindable, event, { timeout = 5000, what } = {}) {
     function handler(data, meta) {
       clearTimeout(t);
       bindable.unbind(event, handler);
-      resolve(meta === undefined ? data : { data, meta });
+      resolve(withMeta ? { data, meta } : data);
     }
     bindable.bind(event, handler);
   });
@@ -278,7 +281,7 @@ class Herald {
     });
     // diagnostics: every decoded frame and every state change
     pusher.frames = [];
-    pusher.states = [];
+    pusher.states = [pusher.connection.state]; // constructor already started connecting
     pusher.errors = [];
     pusher.connection.bind('message', (m) => pusher.frames.push(m));
     pusher.connection.bind('state_change', (s) => pusher.states.push(s.current));
@@ -341,7 +344,7 @@ class Herald {
   }
 }
 
-function waitForState(pusher, state, timeout = 5000) {
+function waitForState(pusher, state, timeout = T) {
   if (pusher.connection.state === state) return Promise.resolve();
   return new Promise((resolve, reject) => {
     const t = setTimeout(() => {
@@ -361,7 +364,7 @@ function waitForState(pusher, state, timeout = 5000) {
 }
 
 /** Subscribe with pusher-js and wait for pusher:subscription_succeeded. */
-async function subscribe(pusher, name, timeout = 5000) {
+async function subscribe(pusher, name, timeout = T) {
   const ch = pusher.subscribe(name);
   if (ch.subscribed) return ch;
   try {
@@ -411,7 +414,7 @@ class RawClient {
   }
 
   /** Wait for the first frame (from index `from`) matching pred. */
-  next(pred, { timeout = 5000, from = 0, what = 'frame' } = {}) {
+  next(pred, { timeout = T, from = 0, what = 'frame' } = {}) {
     return new Promise((resolve, reject) => {
       const w = {
         pred, from, what, rejectOnClose: true,
@@ -425,7 +428,7 @@ class RawClient {
   }
 
   /** Wait for close; resolves {code, reason}. */
-  waitClose(timeout = 5000) {
+  waitClose(timeout = T) {
     if (this.closed) return Promise.resolve(this.closed);
     return new Promise((resolve, reject) => {
       const t = setTimeout(() => reject(new Error(`timed out waiting for close; frames: ${JSON.stringify(this.frames)}`)), timeout);

@@ -34,6 +34,15 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 app.kubernetes.io/part-of: herald
 {{- end }}
 
+{{- define "herald.redisLabels" -}}
+helm.sh/chart: {{ include "herald.chart" . }}
+app.kubernetes.io/name: {{ include "herald.name" . }}-redis
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/component: redis
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: herald
+{{- end }}
+
 {{- define "herald.serviceAccountName" -}}
 {{- if .Values.serviceAccount.create }}
 {{- default (include "herald.fullname" .) .Values.serviceAccount.name }}

@@ -36,7 +36,7 @@ function pusherErrors(p) {
 test('client events on a private channel: delivered to others, not echoed, no user_id', async () => {
   const { sdk, p1, p2, c1, c2 } = await pair('private-chat');
   const echoed = record(c1, 'client-msg');
-  const got = h.once(c2, 'client-msg', { what: 'client-msg at p2' });
+  const got = h.once(c2, 'client-msg', { what: 'client-msg at p2', withMeta: true });
   assert.equal(c1.trigger('client-msg', { text: 'hi', n: 1 }), true);
   const { data, meta } = await got;
   assert.deepEqual(data, { text: 'hi', n: 1 });
@@ -55,7 +55,7 @@ test('client events on a presence channel carry the sender user_id', async () =>
     users: [{ user_id: 'u-one', user_info: { n: 1 } }, { user_id: 'u-two', user_info: { n: 2 } }],
   });
   const echoed = record(c1, 'client-typing');
-  const got = h.once(c2, 'client-typing', { what: 'client-typing at p2' });
+  const got = h.once(c2, 'client-typing', { what: 'client-typing at p2', withMeta: true });
   c1.trigger('client-typing', { typing: true });
   const { data, meta } = await got;
   assert.deepEqual(data, { typing: true });
@@ -65,7 +65,7 @@ test('client events on a presence channel carry the sender user_id', async () =>
   assert.equal(frame.channel, 'presence-chat');
 
   // and the other direction
-  const back = h.once(c1, 'client-reply', { what: 'client-reply at p1' });
+  const back = h.once(c1, 'client-reply', { what: 'client-reply at p1', withMeta: true });
   c2.trigger('client-reply', { ok: 1 });
   assert.equal((await back).meta.user_id, 'u-two');
 

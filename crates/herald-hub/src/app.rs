@@ -1,0 +1,131 @@
+//! Apps: credentials, per-app feature flags and limits. Plain data handed down by the node.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// One app's settings.
+#[derive(Debug, Clone, PartialEq)]
+pub struct App {
+    pub id: String,
+    pub key: String,
+    pub secret: String,
+    /// Whether clients may send `client-` events on private and presence channels.
+    pub client_events: bool,
+    /// Most open connections for this app across the cluster; 0 = no limit.
+    pub max_connections: u64,
+    /// Origins allowed to open WebSockets (`Origin` header); empty = any.
+    pub allowed_origins: Vec<String>,
+    /// Most distinct users on one presence channel.
+    pub max_presence_members: usize,
+    /// Largest presence `user_info` / sign-in `user_info`, in bytes of JSON.
+    pub max_user_info_bytes: usize,
+    /// Client events one connection may send per second.
+    pub client_event_rate: u32,
+    /// Largest event `data`, from the API or a client.
+    pub max_event_data_bytes: usize,
+    /// Most channels one connection may be subscribed to.
+    pub max_channels_per_connection: usize,
+    /// Close connections that neither sign in nor subscribe to a private or presence channel
+    /// within this time (4009).
+    pub authorized_connections: Option<Duration>,
+    pub watchlist_events: bool,
+    pub subscription_count_events: bool,
+    /// How long a cache channel keeps its last event.
+    pub cache_ttl: Duration,
+}
+
+impl App {
+    /// An app with the official defaults for everything but its credentials.
+    pub fn new(id: impl Into<String>, key: impl Into<String>, secret: impl Into<String>) -> Self {
+        App {
+            id: id.into(),
+            key: key.into(),
+            secret: secret.into(),
+            client_events: true,
+            max_connections: 0,
+            allowed_origins: Vec::new(),
+            max_presence_members: 100,
+            max_user_info_bytes: 1024,
+            client_event_rate: 10,
+            max_event_data_bytes: herald_protocol::MAX_EVENT_DATA_BYTES,
+            max_channels_per_connection: 1000,
+            authorized_connections: None,
+            watchlist_events: false,
+            subscription_count_events: false,
+            cache_ttl: Duration::from_secs(30 * 60),
+        }
+    }
+
+    /// Whether `origin` may connect. Entries may be `*`, an exact origin, or `*.example.com`.
+    pub fn origin_allowed(&self, origin: Option<&str>) -> bool {
+        if self.allowed_origins.is_empty() || self.allowed_origins.iter().any(|o| o == "*") {
+            return true;
+        }
+        let Some(origin) = origin else { return false };
+        let host = origin.split_once("://").map(|(_, h)| h).unwrap_or(origin);
+        self.allowed_origins.iter().any(|allowed| {
+            if let Some(suffix) = allowed.strip_prefix("*.") {
+                host.ends_with(&format!(".{suffix}")) || host == suffix
+            } else {
+                allowed == origin || allowed == host
+            }
+        })
+    }
+}
+
+/// All apps of a node, looked up by id (HTTP API) or key (WebSocket).
+#[derive(Debug, Default)]
+pub struct Apps {
+    by_id: HashMap<String, Arc<App>>,
+    by_key: HashMap<String, Arc<App>>,
+}
+
+impl Apps {
+    pub fn new(apps: impl IntoIterator<Item = App>) -> Self {
+        let mut this = Apps::default();
+        for app in apps {
+            let app = Arc::new(app);
+            this.by_id.insert(app.id.clone(), app.clone());
+            this.by_key.insert(app.key.clone(), app);
+        }
+        this
+    }
+
+    pub fn by_id(&self, id: &str) -> Option<&Arc<App>> {
+        self.by_id.get(id)
+    }
+
+    pub fn by_key(&self, key: &str) -> Option<&Arc<App>> {
+        self.by_key.get(key)
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &Arc<App>> {
+        self.by_id.values()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn origins() {
+        let mut app = App::new("1", "k", "s");
+        assert!(app.origin_allowed(None));
+        app.allowed_origins = vec!["https://example.com".into(), "*.example.org".into()];
+        assert!(app.origin_allowed(Some("https://example.com")));
+        assert!(app.origin_allowed(Some("https://a.example.org")));
+        assert!(!app.origin_allowed(Some("https://evil.com")));
+        assert!(!app.origin_allowed(Some("https://example.com.evil.com")));
+        assert!(!app.origin_allowed(None));
+    }
+
+    #[test]
+    fn lookup() {
+        let apps = Apps::new([App::new("1", "k1", "s1"), App::new("2", "k2", "s2")]);
+        assert_eq!(apps.by_id("2").map(|a| a.key.as_str()), Some("k2"));
+        assert_eq!(apps.by_key("k1").map(|a| a.id.as_str()), Some("1"));
+        assert!(apps.by_key("nope").is_none());
+    }
+}

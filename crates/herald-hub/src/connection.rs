@@ -1,0 +1,48 @@
+//! What the hub knows of one connection: its id, its app, its outbound queue and, once signed
+//! in, its user. The socket itself belongs to the node.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use herald_protocol::SocketId;
+use parking_lot::Mutex;
+
+use crate::app::App;
+use crate::outbox::{Outbox, Pushed};
+
+#[derive(Debug)]
+pub struct Connection {
+    pub socket_id: SocketId,
+    pub app: Arc<App>,
+    pub outbox: Outbox,
+    user_id: Mutex<Option<Arc<str>>>,
+}
+
+impl Connection {
+    pub fn new(socket_id: SocketId, app: Arc<App>, outbox_bytes: usize) -> Self {
+        Connection { socket_id, app, outbox: Outbox::new(outbox_bytes), user_id: Mutex::new(None) }
+    }
+
+    /// Queues a frame for this connection alone.
+    pub fn send(&self, frame: impl Into<Bytes>) -> Pushed {
+        let pushed = self.outbox.push(frame.into());
+        if pushed == Pushed::Overflowed {
+            crate::metrics::slow_client(&self.app.id);
+        }
+        pushed
+    }
+
+    /// Sends `pusher:error` with `code` (None = non-fatal) and `message`.
+    pub fn send_error(&self, code: Option<u16>, message: &str) {
+        self.send(herald_protocol::server::error(code, message));
+    }
+
+    /// The user this connection signed in as.
+    pub fn user_id(&self) -> Option<Arc<str>> {
+        self.user_id.lock().clone()
+    }
+
+    pub(crate) fn set_user_id(&self, id: Arc<str>) {
+        *self.user_id.lock() = Some(id);
+    }
+}

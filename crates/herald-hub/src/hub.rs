@@ -1,0 +1,252 @@
+//! The hub: every local connection's channel subscriptions, and fan-out.
+//!
+//! Maps are sharded (`DashMap`) per app; a publish takes a shard lock only long enough to clone
+//! the channel's `Arc`, then a read lock on that one channel while it pushes the shared frame
+//! into each subscriber's bounded queue. Nothing on the publish path waits on a slow client.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use dashmap::DashMap;
+use herald_protocol::{ChannelName, SocketId};
+use parking_lot::RwLock;
+
+use crate::app::{App, Apps};
+use crate::bus::{Bus, BusError, BusMessage, BusPayload, BusSink};
+use crate::connection::Connection;
+use crate::metrics;
+use crate::outbox::Pushed;
+
+/// Close code used when the app terminates a user's connections (see docs: 4200 makes
+/// pusher-js reconnect at once, so the app decides by refusing to sign the user in again).
+pub const TERMINATE_CODE: u16 = 4200;
+
+#[derive(Debug, Default)]
+struct LocalChannel {
+    subscribers: RwLock<HashMap<SocketId, Arc<Connection>>>,
+}
+
+#[derive(Debug)]
+struct AppState {
+    channels: DashMap<ChannelName, Arc<LocalChannel>>,
+}
+
+/// Settings the hub needs from the node.
+#[derive(Debug, Clone)]
+pub struct HubConfig {
+    pub node_id: String,
+    /// Bound of each connection's outbound queue, in bytes.
+    pub outbox_bytes: usize,
+}
+
+pub struct Hub {
+    node_id: Arc<str>,
+    apps: Apps,
+    state: HashMap<String, AppState>,
+    bus: Arc<dyn Bus>,
+    connections: DashMap<SocketId, Arc<Connection>>,
+    config: HubConfig,
+}
+
+impl std::fmt::Debug for Hub {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Hub").field("node_id", &self.node_id).finish_non_exhaustive()
+    }
+}
+
+/// Unix time in microseconds.
+pub fn now_us() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_micros() as u64).unwrap_or(0)
+}
+
+impl Hub {
+    /// Builds the hub and attaches it to the bus as the receiver of remote messages.
+    pub fn new(config: HubConfig, apps: Apps, bus: Arc<dyn Bus>) -> Arc<Self> {
+        let state = apps.iter().map(|a| (a.id.clone(), AppState { channels: DashMap::new() })).collect();
+        let hub = Arc::new(Hub {
+            node_id: Arc::from(config.node_id.as_str()),
+            apps,
+            state,
+            bus,
+            connections: DashMap::new(),
+            config,
+        });
+        hub.bus.attach(hub.clone());
+        hub
+    }
+
+    pub fn apps(&self) -> &Apps {
+        &self.apps
+    }
+
+    pub fn bus(&self) -> &Arc<dyn Bus> {
+        &self.bus
+    }
+
+    pub fn node_id(&self) -> &str {
+        &self.node_id
+    }
+
+    pub fn connection_count(&self) -> usize {
+        self.connections.len()
+    }
+
+    /// Registers a new connection (after the node has admitted it).
+    pub fn connect(&self, socket_id: SocketId, app: Arc<App>) -> Arc<Connection> {
+        let conn = Arc::new(Connection::new(socket_id, app, self.config.outbox_bytes));
+        self.connections.insert(socket_id, conn.clone());
+        conn
+    }
+
+    pub(crate) fn forget(&self, socket_id: SocketId) {
+        self.connections.remove(&socket_id);
+    }
+
+    /// Every local connection (for drain).
+    pub fn connections(&self) -> Vec<Arc<Connection>> {
+        self.connections.iter().map(|e| e.value().clone()).collect()
+    }
+
+    /// Adds a local subscriber; returns the channel's local subscriber count.
+    pub(crate) fn add_subscriber(&self, conn: &Arc<Connection>, channel: &ChannelName) -> usize {
+        let Some(state) = self.state.get(&conn.app.id) else { return 0 };
+        let entry = state.channels.entry(channel.clone()).or_insert_with(|| {
+            metrics::channels(1.0);
+            Arc::default()
+        });
+        let mut subs = entry.subscribers.write();
+        if subs.insert(conn.socket_id, conn.clone()).is_none() {
+            metrics::subscriptions(1.0);
+        }
+        let n = subs.len();
+        self.bus.set_interest(&conn.app.id, channel, n);
+        n
+    }
+
+    /// Removes a local subscriber; returns the channel's remaining local count.
+    pub(crate) fn remove_subscriber(&self, conn: &Connection, channel: &ChannelName) -> usize {
+        let Some(state) = self.state.get(&conn.app.id) else { return 0 };
+        let mut remaining = 0;
+        let removed = state.channels.remove_if(channel, |_, ch| {
+            let mut subs = ch.subscribers.write();
+            if subs.remove(&conn.socket_id).is_some() {
+                metrics::subscriptions(-1.0);
+            }
+            remaining = subs.len();
+            self.bus.set_interest(&conn.app.id, channel, remaining);
+            remaining == 0
+        });
+        if removed.is_some() {
+            metrics::channels(-1.0);
+        }
+        remaining
+    }
+
+    /// Whether `conn` is a local subscriber of `channel`.
+    pub fn is_subscribed(&self, conn: &Connection, channel: &ChannelName) -> bool {
+        self.channel(&conn.app.id, channel).is_some_and(|ch| ch.subscribers.read().contains_key(&conn.socket_id))
+    }
+
+    fn channel(&self, app_id: &str, channel: &ChannelName) -> Option<Arc<LocalChannel>> {
+        self.state.get(app_id)?.channels.get(channel).map(|c| c.value().clone())
+    }
+
+    /// Local subscribers of a channel.
+    pub fn local_subscriber_count(&self, app_id: &str, channel: &ChannelName) -> usize {
+        self.channel(app_id, channel).map(|c| c.subscribers.read().len()).unwrap_or(0)
+    }
+
+    /// Pushes an encoded frame to every local subscriber but `exclude`; returns how many got it.
+    pub fn deliver_local(&self, app_id: &str, channel: &ChannelName, frame: &Bytes, exclude: Option<SocketId>) -> usize {
+        let Some(ch) = self.channel(app_id, channel) else { return 0 };
+        let subs = ch.subscribers.read();
+        let mut delivered = 0;
+        for (socket_id, conn) in subs.iter() {
+            if Some(*socket_id) == exclude {
+                continue;
+            }
+            if conn.send(frame.clone()) == Pushed::Queued {
+                delivered += 1;
+            }
+        }
+        delivered
+    }
+
+    /// Publishes a frame to a channel cluster-wide: hands it to the bus for the other nodes, then
+    /// delivers it to this node's subscribers. When the bus refuses, nothing is delivered.
+    pub async fn publish(
+        &self,
+        app_id: &str,
+        channel: &ChannelName,
+        frame: Bytes,
+        exclude: Option<SocketId>,
+        published_at_us: u64,
+    ) -> Result<usize, BusError> {
+        self.bus
+            .publish(BusMessage {
+                origin: self.node_id.clone(),
+                app_id: Arc::from(app_id),
+                channel: channel.clone(),
+                exclude,
+                published_at_us,
+                payload: BusPayload::Frame(frame.clone()),
+            })
+            .await?;
+        let n = self.deliver_local(app_id, channel, &frame, exclude);
+        self.record_delivery(n, published_at_us);
+        Ok(n)
+    }
+
+    fn record_delivery(&self, n: usize, published_at_us: u64) {
+        metrics::sent("event", n as u64);
+        if n > 0 && published_at_us > 0 {
+            metrics::delivery_latency(now_us().saturating_sub(published_at_us) as f64 / 1e6);
+        }
+    }
+
+    /// Closes every local connection subscribed to `channel` with `code` (terminate).
+    pub fn close_subscribers(&self, app_id: &str, channel: &ChannelName, code: u16, message: &str) -> usize {
+        let Some(ch) = self.channel(app_id, channel) else { return 0 };
+        let subs = ch.subscribers.read();
+        for conn in subs.values() {
+            conn.outbox.close(code, message);
+        }
+        subs.len()
+    }
+
+    /// Closes a user's connections on every node.
+    pub async fn terminate_user(&self, app_id: &str, user_id: &str) -> Result<(), BusError> {
+        let channel = ChannelName::server_to_user(user_id).map_err(|e| BusError::Backend(e.to_string()))?;
+        self.bus
+            .publish(BusMessage {
+                origin: self.node_id.clone(),
+                app_id: Arc::from(app_id),
+                channel: channel.clone(),
+                exclude: None,
+                published_at_us: now_us(),
+                payload: BusPayload::TerminateUser,
+            })
+            .await?;
+        self.close_subscribers(app_id, &channel, TERMINATE_CODE, "Connection terminated by the app");
+        Ok(())
+    }
+}
+
+impl BusSink for Hub {
+    fn deliver(&self, msg: BusMessage) {
+        if msg.origin == self.node_id {
+            return; // delivered locally when it was published
+        }
+        match &msg.payload {
+            BusPayload::Frame(frame) => {
+                let n = self.deliver_local(&msg.app_id, &msg.channel, frame, msg.exclude);
+                self.record_delivery(n, msg.published_at_us);
+            }
+            BusPayload::TerminateUser => {
+                self.close_subscribers(&msg.app_id, &msg.channel, TERMINATE_CODE, "Connection terminated by the app");
+            }
+        }
+    }
+}

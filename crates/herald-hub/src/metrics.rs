@@ -1,0 +1,47 @@
+//! Metric names the hub records (Prometheus names; see docs/operations.md). Labels are the app id
+//! and small fixed enums only, never channel names or socket ids.
+
+use metrics::{counter, gauge, histogram};
+
+pub const SUBSCRIPTIONS: &str = "herald_subscriptions";
+pub const CHANNELS: &str = "herald_channels";
+pub const PRESENCE_MEMBERS: &str = "herald_presence_members";
+pub const MESSAGES_SENT: &str = "herald_messages_sent_total";
+pub const CLIENT_MESSAGES: &str = "herald_client_messages_received_total";
+pub const SLOW_CLIENTS: &str = "herald_slow_client_disconnects_total";
+pub const RATE_LIMITED: &str = "herald_client_events_rate_limited_total";
+pub const PUBLISH_DELIVERY: &str = "herald_publish_delivery_seconds";
+
+pub fn slow_client(app: &str) {
+    counter!(SLOW_CLIENTS, "app" => app.to_owned()).increment(1);
+}
+
+pub fn rate_limited(app: &str) {
+    counter!(RATE_LIMITED, "app" => app.to_owned()).increment(1);
+}
+
+pub fn sent(kind: &'static str, n: u64) {
+    if n > 0 {
+        counter!(MESSAGES_SENT, "kind" => kind).increment(n);
+    }
+}
+
+pub fn received(kind: &'static str) {
+    counter!(CLIENT_MESSAGES, "kind" => kind).increment(1);
+}
+
+pub fn subscriptions(delta: f64) {
+    gauge!(SUBSCRIPTIONS).increment(delta);
+}
+
+pub fn channels(delta: f64) {
+    gauge!(CHANNELS).increment(delta);
+}
+
+pub fn presence_members(delta: f64) {
+    gauge!(PRESENCE_MEMBERS).increment(delta);
+}
+
+pub fn delivery_latency(seconds: f64) {
+    histogram!(PUBLISH_DELIVERY).record(seconds);
+}

@@ -1,0 +1,190 @@
+//! A connection's outbound queue, bounded in bytes.
+//!
+//! The hub pushes shared `Bytes` (one encoding per broadcast); the connection's writer drains
+//! everything queued in one go. A push that would go over the bound does not wait: the queue is
+//! dropped and the connection is marked to close with 4100, so a slow client never holds up the
+//! fan-out to anyone else.
+
+use std::collections::VecDeque;
+
+use bytes::Bytes;
+use parking_lot::Mutex;
+use tokio::sync::Notify;
+
+/// Why a connection is being closed by the server.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CloseReason {
+    pub code: u16,
+    pub message: String,
+}
+
+/// What a push did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pushed {
+    Queued,
+    /// The queue went over its bound: the connection is now closing with 4100.
+    Overflowed,
+    /// The connection is already closing; the frame was dropped.
+    Closed,
+}
+
+#[derive(Debug)]
+struct Inner {
+    queue: VecDeque<Bytes>,
+    bytes: usize,
+    /// Pong payloads owed to the client's protocol pings (at most a few).
+    pongs: Vec<Bytes>,
+    close: Option<CloseReason>,
+}
+
+/// Most protocol pongs kept pending; a client that pings faster than it reads gets fewer.
+const MAX_PENDING_PONGS: usize = 4;
+
+/// Bounded multi-producer, single-consumer queue of encoded frames.
+#[derive(Debug)]
+pub struct Outbox {
+    inner: Mutex<Inner>,
+    notify: Notify,
+    limit: usize,
+}
+
+/// Close code for a client that cannot keep up (pusher-js reconnects after a back-off).
+pub const SLOW_CLIENT_CODE: u16 = 4100;
+
+impl Outbox {
+    pub fn new(limit_bytes: usize) -> Self {
+        Outbox {
+            inner: Mutex::new(Inner { queue: VecDeque::new(), bytes: 0, pongs: Vec::new(), close: None }),
+            notify: Notify::new(),
+            limit: limit_bytes,
+        }
+    }
+
+    pub fn push(&self, frame: Bytes) -> Pushed {
+        let mut inner = self.inner.lock();
+        if inner.close.is_some() {
+            return Pushed::Closed;
+        }
+        if inner.bytes + frame.len() > self.limit {
+            inner.queue = VecDeque::new();
+            inner.bytes = 0;
+            inner.close = Some(CloseReason {
+                code: SLOW_CLIENT_CODE,
+                message: "Connection is not reading its messages fast enough".into(),
+            });
+            drop(inner);
+            self.notify.notify_one();
+            return Pushed::Overflowed;
+        }
+        inner.bytes += frame.len();
+        let was_empty = inner.queue.is_empty();
+        inner.queue.push_back(frame);
+        drop(inner);
+        if was_empty {
+            self.notify.notify_one();
+        }
+        Pushed::Queued
+    }
+
+    /// Asks the writer to send what is queued, then `pusher:error` + close with `code`. The
+    /// first reason given wins.
+    pub fn close(&self, code: u16, message: impl Into<String>) {
+        let mut inner = self.inner.lock();
+        if inner.close.is_none() {
+            inner.close = Some(CloseReason { code, message: message.into() });
+        }
+        drop(inner);
+        self.notify.notify_one();
+    }
+
+    pub fn is_closing(&self) -> bool {
+        self.inner.lock().close.is_some()
+    }
+
+    /// Queues the answer to a protocol ping.
+    pub fn push_pong(&self, payload: Bytes) {
+        let mut inner = self.inner.lock();
+        if inner.close.is_some() || inner.pongs.len() >= MAX_PENDING_PONGS {
+            return;
+        }
+        inner.pongs.push(payload);
+        drop(inner);
+        self.notify.notify_one();
+    }
+
+    /// Like [`Outbox::drain`], and also moves pending pongs into `pongs`.
+    pub fn drain_all(&self, out: &mut Vec<Bytes>, pongs: &mut Vec<Bytes>) -> Option<CloseReason> {
+        let mut inner = self.inner.lock();
+        pongs.append(&mut inner.pongs);
+        drop(inner);
+        self.drain(out)
+    }
+
+    /// Moves every queued frame into `out`; returns the close reason once one is set and the
+    /// queue is empty.
+    pub fn drain(&self, out: &mut Vec<Bytes>) -> Option<CloseReason> {
+        let mut inner = self.inner.lock();
+        out.extend(inner.queue.drain(..));
+        inner.bytes = 0;
+        if inner.queue.capacity() > 64 {
+            inner.queue.shrink_to(16);
+        }
+        inner.close.clone()
+    }
+
+    /// Waits until something is queued or a close is requested.
+    pub async fn ready(&self) {
+        self.notify.notified().await
+    }
+
+    pub fn queued_bytes(&self) -> usize {
+        self.inner.lock().bytes
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bounded_in_bytes() {
+        let o = Outbox::new(10);
+        assert_eq!(o.push(Bytes::from_static(b"12345")), Pushed::Queued);
+        assert_eq!(o.push(Bytes::from_static(b"12345")), Pushed::Queued);
+        assert_eq!(o.queued_bytes(), 10);
+        assert_eq!(o.push(Bytes::from_static(b"1")), Pushed::Overflowed);
+        assert_eq!(o.queued_bytes(), 0);
+        assert_eq!(o.push(Bytes::from_static(b"1")), Pushed::Closed);
+        let mut out = Vec::new();
+        assert_eq!(o.drain(&mut out).map(|c| c.code), Some(SLOW_CLIENT_CODE));
+        assert!(out.is_empty());
+    }
+
+    #[test]
+    fn drain_keeps_order_and_close_comes_last() {
+        let o = Outbox::new(100);
+        o.push(Bytes::from_static(b"a"));
+        o.push(Bytes::from_static(b"b"));
+        o.close(4200, "bye");
+        o.close(4100, "ignored");
+        let mut out = Vec::new();
+        let close = o.drain(&mut out);
+        assert_eq!(out, vec![Bytes::from_static(b"a"), Bytes::from_static(b"b")]);
+        assert_eq!(close, Some(CloseReason { code: 4200, message: "bye".into() }));
+    }
+
+    #[tokio::test]
+    async fn ready_wakes_on_push() {
+        let o = std::sync::Arc::new(Outbox::new(100));
+        let o2 = o.clone();
+        let waiter = tokio::spawn(async move {
+            o2.ready().await;
+            let mut out = Vec::new();
+            o2.drain(&mut out);
+            out
+        });
+        tokio::task::yield_now().await;
+        o.push(Bytes::from_static(b"x"));
+        assert_eq!(waiter.await.expect("join"), vec![Bytes::from_static(b"x")]);
+    }
+}

@@ -1,0 +1,333 @@
+//! The Pusher HTTP API (fact sheet §14): signed requests under `/apps/{app_id}/`.
+
+use std::sync::Arc;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use herald_hub::hub::now_us;
+use herald_hub::{App, BusError};
+use herald_protocol::api::{parse_batch, parse_trigger, InfoAttrs, Publish};
+use herald_protocol::api_auth::{verify, SignedRequest};
+use herald_protocol::{server, ChannelKind, ChannelName, ProtocolError};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::{Method, Request, Response, StatusCode};
+use serde_json::{json, Map, Value};
+
+use crate::metrics;
+use crate::node::Node;
+
+pub type Body = Full<Bytes>;
+
+/// An API failure: status and message.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    message: String,
+}
+
+impl ApiError {
+    fn new(status: u16, message: impl Into<String>) -> Self {
+        ApiError { status: StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_REQUEST), message: message.into() }
+    }
+}
+
+impl From<ProtocolError> for ApiError {
+    fn from(e: ProtocolError) -> Self {
+        ApiError::new(e.http_status(), e.to_string())
+    }
+}
+
+impl From<BusError> for ApiError {
+    fn from(e: BusError) -> Self {
+        ApiError::new(503, format!("Service unavailable: {e}. Nothing was published; retry later."))
+    }
+}
+
+pub fn json_response(status: StatusCode, body: &Value) -> Response<Body> {
+    let mut res = Response::new(Full::new(Bytes::from(body.to_string())));
+    *res.status_mut() = status;
+    res.headers_mut().insert(hyper::header::CONTENT_TYPE, hyper::header::HeaderValue::from_static("application/json"));
+    res
+}
+
+fn error_response(e: &ApiError) -> Response<Body> {
+    json_response(e.status, &json!({ "error": e.message }))
+}
+
+/// The API routes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Endpoint {
+    Events,
+    BatchEvents,
+    Channels,
+    Channel,
+    Users,
+    Terminate,
+}
+
+impl Endpoint {
+    fn label(self) -> &'static str {
+        match self {
+            Endpoint::Events => "events",
+            Endpoint::BatchEvents => "batch_events",
+            Endpoint::Channels => "channels",
+            Endpoint::Channel => "channel",
+            Endpoint::Users => "users",
+            Endpoint::Terminate => "terminate_connections",
+        }
+    }
+}
+
+struct Route<'a> {
+    app_id: &'a str,
+    endpoint: Endpoint,
+    /// The channel name or user id in the path.
+    name: Option<String>,
+}
+
+fn route<'a>(method: &Method, path: &'a str) -> Result<Route<'a>, ApiError> {
+    let rest = path.strip_prefix("/apps/").ok_or_else(|| ApiError::new(404, "Not found"))?;
+    let parts: Vec<&str> = rest.split('/').collect();
+    let decode = |s: &str| percent_decode(s);
+    let (endpoint, name, want) = match parts.as_slice() {
+        [_, "events"] => (Endpoint::Events, None, Method::POST),
+        [_, "batch_events"] => (Endpoint::BatchEvents, None, Method::POST),
+        [_, "channels"] => (Endpoint::Channels, None, Method::GET),
+        [_, "channels", name] => (Endpoint::Channel, Some(decode(name)), Method::GET),
+        [_, "channels", name, "users"] => (Endpoint::Users, Some(decode(name)), Method::GET),
+        [_, "users", user, "terminate_connections"] => (Endpoint::Terminate, Some(decode(user)), Method::POST),
+        _ => return Err(ApiError::new(404, format!("No API endpoint at {path}"))),
+    };
+    if *method != want {
+        return Err(ApiError::new(405, format!("{path} takes {want}, not {method}")));
+    }
+    Ok(Route { app_id: parts[0], endpoint, name })
+}
+
+fn percent_decode(s: &str) -> String {
+    let hex = |b: u8| (b as char).to_digit(16).map(|d| d as u8);
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' && i + 2 < bytes.len() {
+            if let (Some(h), Some(l)) = (hex(bytes[i + 1]), hex(bytes[i + 2])) {
+                out.push(h << 4 | l);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn query_pairs(query: Option<&str>) -> Vec<(String, String)> {
+    query
+        .map(|q| {
+            q.split('&')
+                .filter(|kv| !kv.is_empty())
+                .map(|kv| {
+                    let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+                    (percent_decode(&k.replace('+', " ")), percent_decode(&v.replace('+', " ")))
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn param<'a>(query: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    query.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+}
+
+/// Handles one API request; every outcome is counted and timed.
+pub async fn handle(node: Arc<Node>, req: Request<Incoming>) -> Response<Body> {
+    let started = Instant::now();
+    let arrived_us = now_us();
+    let method = req.method().clone();
+    let path = req.uri().path().to_owned();
+    let (endpoint, result) = match route(&method, &path) {
+        Err(e) => (None, Err(e)),
+        Ok(r) => {
+            let endpoint = r.endpoint;
+            (Some(endpoint), handle_route(&node, r, req, arrived_us).await)
+        }
+    };
+    let response = match result {
+        Ok(body) => json_response(StatusCode::OK, &body),
+        Err(e) => {
+            if e.status == StatusCode::UNAUTHORIZED {
+                tracing::info!(path = %path, reason = %e.message, "API request refused");
+            }
+            error_response(&e)
+        }
+    };
+    metrics::api_request(endpoint.map(Endpoint::label).unwrap_or("unknown"), response.status().as_u16(), started.elapsed().as_secs_f64());
+    response
+}
+
+async fn handle_route(node: &Node, route: Route<'_>, req: Request<Incoming>, arrived_us: u64) -> Result<Value, ApiError> {
+    let app = node
+        .hub
+        .apps()
+        .by_id(route.app_id)
+        .cloned()
+        .ok_or_else(|| ApiError::from(ProtocolError::UnknownApp(route.app_id.to_owned())))?;
+    let method = req.method().as_str().to_owned();
+    let path = req.uri().path().to_owned();
+    let query = query_pairs(req.uri().query());
+    let limit = node.config.server.max_request_bytes;
+    let body = match Limited::new(req.into_body(), limit).collect().await {
+        Ok(b) => b.to_bytes(),
+        Err(e) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => {
+            return Err(ApiError::new(413, format!("Request body over the limit of {limit} bytes")))
+        }
+        Err(e) => return Err(ApiError::new(400, format!("Could not read the request body: {e}"))),
+    };
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    verify(&SignedRequest { method: &method, path: &path, query: &query, body: &body }, &app.key, &app.secret, now)?;
+
+    match route.endpoint {
+        Endpoint::Events => {
+            let publish = parse_trigger(&body, app.max_event_data_bytes)?;
+            let info = publish.info;
+            trigger(node, &app, &publish, arrived_us).await?;
+            if info.any() {
+                let mut channels = Map::new();
+                for ch in &publish.channels {
+                    channels.insert(ch.to_string(), Value::Object(channel_attrs(node, &app, ch, info).await?));
+                }
+                Ok(json!({ "channels": channels }))
+            } else {
+                Ok(json!({}))
+            }
+        }
+        Endpoint::BatchEvents => {
+            let batch = parse_batch(&body, app.max_event_data_bytes)?;
+            for publish in &batch {
+                trigger(node, &app, publish, arrived_us).await?;
+            }
+            if batch.iter().any(|p| p.info.any()) {
+                let mut out = Vec::new();
+                for p in &batch {
+                    let mut attrs = Map::new();
+                    if p.info.any() {
+                        if let Some(ch) = p.channels.first() {
+                            attrs = channel_attrs(node, &app, ch, p.info).await?;
+                        }
+                    }
+                    out.push(Value::Object(attrs));
+                }
+                Ok(json!({ "batch": out }))
+            } else {
+                Ok(json!({}))
+            }
+        }
+        Endpoint::Channels => {
+            let prefix = param(&query, "filter_by_prefix").unwrap_or("");
+            let info = InfoAttrs::parse(param(&query, "info"))?;
+            if info.cache {
+                return Err(ApiError::new(400, "info=cache is only available on a single channel"));
+            }
+            if info.user_count && !prefix.starts_with("presence-") {
+                return Err(ApiError::new(400, "info=user_count requires filter_by_prefix=presence-"));
+            }
+            let mut channels = Map::new();
+            for stats in node.hub.bus().channels(&app.id, prefix).await? {
+                if stats.name.starts_with('#') || stats.subscription_count == 0 {
+                    continue;
+                }
+                let mut attrs = Map::new();
+                if info.user_count {
+                    attrs.insert("user_count".into(), json!(stats.user_count.unwrap_or(0)));
+                }
+                if info.subscription_count {
+                    attrs.insert("subscription_count".into(), json!(stats.subscription_count));
+                }
+                channels.insert(stats.name, Value::Object(attrs));
+            }
+            Ok(json!({ "channels": channels }))
+        }
+        Endpoint::Channel => {
+            let channel = ChannelName::parse(route.name.as_deref().unwrap_or(""))?;
+            let info = InfoAttrs::parse(param(&query, "info"))?;
+            info.check_for(&channel)?;
+            let subs = node.hub.bus().subscription_count(&app.id, &channel).await?;
+            let mut attrs = Map::new();
+            attrs.insert("occupied".into(), json!(subs > 0));
+            attrs.extend(channel_attrs(node, &app, &channel, info).await?);
+            Ok(Value::Object(attrs))
+        }
+        Endpoint::Users => {
+            let channel = ChannelName::parse(route.name.as_deref().unwrap_or(""))?;
+            if channel.kind() != ChannelKind::Presence {
+                return Err(ApiError::new(400, format!("Users are only available for presence channels, not {channel}")));
+            }
+            let members = node.hub.bus().presence_members(&app.id, &channel).await?;
+            let users: Vec<Value> = members.iter().map(|m| json!({ "id": m.user_id })).collect();
+            Ok(json!({ "users": users }))
+        }
+        Endpoint::Terminate => {
+            let user_id = route.name.unwrap_or_default();
+            if user_id.is_empty() {
+                return Err(ApiError::new(400, "The user id is empty"));
+            }
+            node.hub.terminate_user(&app.id, &user_id).await?;
+            Ok(json!({}))
+        }
+    }
+}
+
+/// Publishes one event to each of its channels.
+async fn trigger(node: &Node, app: &App, publish: &Publish, arrived_us: u64) -> Result<(), ApiError> {
+    if !node.hub.bus().is_ready() {
+        return Err(BusError::Unavailable("not connected".into()).into());
+    }
+    for channel in &publish.channels {
+        let frame = Bytes::from(server::channel_event(&publish.name, channel.as_str(), &publish.data, None));
+        node.hub.publish(&app.id, channel, frame, publish.socket_id, arrived_us).await?;
+    }
+    Ok(())
+}
+
+/// The `info` attributes of one channel.
+async fn channel_attrs(node: &Node, app: &App, channel: &ChannelName, info: InfoAttrs) -> Result<Map<String, Value>, ApiError> {
+    let mut attrs = Map::new();
+    if info.subscription_count {
+        attrs.insert("subscription_count".into(), json!(node.hub.bus().subscription_count(&app.id, channel).await?));
+    }
+    if info.user_count && channel.kind() == ChannelKind::Presence {
+        let members = node.hub.bus().presence_members(&app.id, channel).await?;
+        attrs.insert("user_count".into(), json!(members.len()));
+    }
+    Ok(attrs)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn routes() {
+        let r = route(&Method::POST, "/apps/1/events").expect("ok");
+        assert_eq!((r.app_id, r.endpoint), ("1", Endpoint::Events));
+        let r = route(&Method::GET, "/apps/1/channels/presence-a/users").expect("ok");
+        assert_eq!((r.endpoint, r.name.as_deref()), (Endpoint::Users, Some("presence-a")));
+        let r = route(&Method::GET, "/apps/1/channels/%23server-to-user-1").expect("ok");
+        assert_eq!(r.name.as_deref(), Some("#server-to-user-1"));
+        assert_eq!(route(&Method::GET, "/apps/1/events").err().map(|e| e.status.as_u16()), Some(405));
+        assert_eq!(route(&Method::GET, "/apps/1/nope").err().map(|e| e.status.as_u16()), Some(404));
+    }
+
+    #[test]
+    fn query_decoding() {
+        let q = query_pairs(Some("info=user_count%2Csubscription_count&filter_by_prefix=presence-&x"));
+        assert_eq!(param(&q, "info"), Some("user_count,subscription_count"));
+        assert_eq!(param(&q, "filter_by_prefix"), Some("presence-"));
+        assert_eq!(param(&q, "x"), Some(""));
+        assert_eq!(percent_decode("%zz%4"), "%zz%4");
+        assert_eq!(percent_decode("%\u{e9}%41"), "%\u{e9}A");
+    }
+}

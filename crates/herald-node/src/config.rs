@@ -1,0 +1,446 @@
+//! Configuration: one typed `Config`, read in one place.
+//!
+//! Layers, later ones winning: built-in defaults < Reverb's `.env` variables (for one app and the
+//! listen address, so a Laravel app's settings work unchanged) < the TOML file (`--config` or
+//! `HERALD_CONFIG`) < `HERALD_*` environment variables (`__` separates levels, e.g.
+//! `HERALD_SERVER__LISTEN`). Unknown keys are errors that name the key.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use figment::providers::{Env, Format, Serialized, Toml};
+use figment::Figment;
+
+use herald_hub::App;
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub bus: BusConfig,
+    pub log: LogConfig,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls: Option<TlsConfig>,
+    pub apps: Vec<AppConfig>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// WebSocket and HTTP API address.
+    pub listen: String,
+    /// Metrics, health and readiness address.
+    pub admin_listen: String,
+    /// This node's id in the cluster (default: the host name).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub node_id: Option<String>,
+    /// Seconds of silence after which a client should ping (sent in the handshake).
+    pub activity_timeout: u64,
+    /// Seconds to wait for any frame after the server pings an idle client.
+    pub pong_timeout: u64,
+    /// Most open connections on this node (4100 beyond).
+    pub max_connections: u64,
+    /// WebSocket handshakes accepted per second on this node (4100 beyond).
+    pub handshakes_per_second: u32,
+    /// Bound of each connection's outbound queue in bytes (4100 for a client over it).
+    pub outbound_queue_bytes: usize,
+    /// Largest WebSocket message accepted from a client, in bytes (close 1009 beyond).
+    pub max_message_bytes: usize,
+    /// Largest HTTP API request body, in bytes (413 beyond).
+    pub max_request_bytes: usize,
+    /// Seconds over which connections are closed (4200) on SIGTERM.
+    pub drain_window: u64,
+    /// Seconds after SIGTERM at which the process exits regardless.
+    pub drain_deadline: u64,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            listen: "127.0.0.1:8080".into(),
+            admin_listen: "127.0.0.1:9601".into(),
+            node_id: None,
+            activity_timeout: 120,
+            pong_timeout: 30,
+            max_connections: 100_000,
+            handshakes_per_second: 2_000,
+            outbound_queue_bytes: 1 << 20,
+            max_message_bytes: 32 * 1024,
+            max_request_bytes: 256 * 1024,
+            drain_window: 20,
+            drain_deadline: 30,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BusConfig {
+    /// `memory` (single node) or `redis`.
+    pub driver: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    /// Redis Cluster seed URLs.
+    pub cluster_urls: Vec<String>,
+    /// Redis Sentinel URLs (with `sentinel_master`).
+    pub sentinel_urls: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sentinel_master: Option<String>,
+    /// Prefix of every Redis key and topic, so several Herald clusters can share one Redis.
+    pub key_prefix: String,
+    /// Seconds a node's lease lives without renewal.
+    pub lease_seconds: u64,
+}
+
+impl Default for BusConfig {
+    fn default() -> Self {
+        BusConfig {
+            driver: "memory".into(),
+            url: None,
+            cluster_urls: Vec::new(),
+            sentinel_urls: Vec::new(),
+            sentinel_master: None,
+            key_prefix: "herald".into(),
+            lease_seconds: 10,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// `auto` (text on a terminal, JSON otherwise), `text` or `json`.
+    pub format: String,
+    /// A tracing filter such as `info` or `herald_node=debug` (`RUST_LOG` wins).
+    pub level: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig { format: "auto".into(), level: "info".into() }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    pub cert: String,
+    pub key: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AppConfig {
+    pub id: String,
+    pub key: String,
+    pub secret: String,
+    #[serde(default = "yes")]
+    pub client_events: bool,
+    #[serde(default)]
+    pub max_connections: u64,
+    #[serde(default)]
+    pub allowed_origins: Vec<String>,
+    #[serde(default = "d_presence_members")]
+    pub max_presence_members: usize,
+    #[serde(default = "d_user_info")]
+    pub max_user_info_bytes: usize,
+    #[serde(default = "d_client_event_rate")]
+    pub client_event_rate: u32,
+    #[serde(default = "d_data")]
+    pub max_event_data_bytes: usize,
+    #[serde(default = "d_channels")]
+    pub max_channels_per_connection: usize,
+    /// Seconds a connection may stay unauthorized; unset = no such rule.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub authorized_connections_timeout: Option<u64>,
+    #[serde(default)]
+    pub watchlist_events: bool,
+    #[serde(default)]
+    pub subscription_count_events: bool,
+    #[serde(default = "d_cache_ttl")]
+    pub cache_ttl: u64,
+}
+
+fn yes() -> bool {
+    true
+}
+fn d_presence_members() -> usize {
+    100
+}
+fn d_user_info() -> usize {
+    1024
+}
+fn d_client_event_rate() -> u32 {
+    10
+}
+fn d_data() -> usize {
+    herald_protocol::MAX_EVENT_DATA_BYTES
+}
+fn d_channels() -> usize {
+    1000
+}
+fn d_cache_ttl() -> u64 {
+    1800
+}
+
+impl AppConfig {
+    pub fn to_app(&self) -> App {
+        let mut app = App::new(&self.id, &self.key, &self.secret);
+        app.client_events = self.client_events;
+        app.max_connections = self.max_connections;
+        app.allowed_origins = self.allowed_origins.clone();
+        app.max_presence_members = self.max_presence_members;
+        app.max_user_info_bytes = self.max_user_info_bytes;
+        app.client_event_rate = self.client_event_rate;
+        app.max_event_data_bytes = self.max_event_data_bytes;
+        app.max_channels_per_connection = self.max_channels_per_connection;
+        app.authorized_connections = self.authorized_connections_timeout.map(Duration::from_secs);
+        app.watchlist_events = self.watchlist_events;
+        app.subscription_count_events = self.subscription_count_events;
+        app.cache_ttl = Duration::from_secs(self.cache_ttl);
+        app
+    }
+}
+
+/// The layers other than defaults and the file: Reverb's variables.
+#[derive(Serialize)]
+struct ReverbLayer {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    server: Option<ReverbServer>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    apps: Option<Vec<AppConfig>>,
+}
+
+#[derive(Serialize)]
+struct ReverbServer {
+    listen: String,
+}
+
+fn reverb_layer(env: &dyn Fn(&str) -> Option<String>) -> ReverbLayer {
+    let server = match (env("REVERB_SERVER_HOST"), env("REVERB_SERVER_PORT")) {
+        (None, None) => None,
+        (host, port) => Some(ReverbServer {
+            listen: format!("{}:{}", host.unwrap_or_else(|| "0.0.0.0".into()), port.unwrap_or_else(|| "8080".into())),
+        }),
+    };
+    let apps = match (env("REVERB_APP_ID"), env("REVERB_APP_KEY"), env("REVERB_APP_SECRET")) {
+        (Some(id), Some(key), Some(secret)) => Some(vec![AppConfig {
+            id,
+            key,
+            secret,
+            client_events: true,
+            max_connections: 0,
+            allowed_origins: Vec::new(),
+            max_presence_members: d_presence_members(),
+            max_user_info_bytes: d_user_info(),
+            client_event_rate: d_client_event_rate(),
+            max_event_data_bytes: d_data(),
+            max_channels_per_connection: d_channels(),
+            authorized_connections_timeout: None,
+            watchlist_events: false,
+            subscription_count_events: false,
+            cache_ttl: d_cache_ttl(),
+        }]),
+        _ => None,
+    };
+    ReverbLayer { server, apps }
+}
+
+/// Builds the figment from the layers; `file` is the TOML file, if any.
+pub fn figment(file: Option<&Path>) -> Figment {
+    let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+    let mut fig = Figment::from(Serialized::defaults(Config::default())).merge(Serialized::defaults(reverb_layer(&env)));
+    if let Some(path) = file {
+        fig = fig.merge(Toml::file_exact(path));
+    }
+    fig.merge(Env::prefixed("HERALD_").ignore(&["CONFIG"]).split("__"))
+}
+
+/// Loads and checks the configuration.
+pub fn load(file: Option<&Path>) -> Result<Config, String> {
+    let config: Config = figment(file).extract().map_err(|e| {
+        let mut out = Vec::new();
+        for err in e {
+            out.push(err.to_string());
+        }
+        out.join("; ")
+    })?;
+    config.validate()?;
+    Ok(config)
+}
+
+impl Config {
+    /// Checks values serde cannot: addresses, drivers, duplicate apps.
+    pub fn validate(&self) -> Result<(), String> {
+        self.server
+            .listen
+            .parse::<SocketAddr>()
+            .map_err(|e| format!("server.listen: {:?} is not HOST:PORT ({e})", self.server.listen))?;
+        self.server
+            .admin_listen
+            .parse::<SocketAddr>()
+            .map_err(|e| format!("server.admin_listen: {:?} is not HOST:PORT ({e})", self.server.admin_listen))?;
+        if self.server.activity_timeout == 0 {
+            return Err("server.activity_timeout must be at least 1 (pusher-js refuses 0)".into());
+        }
+        if self.server.outbound_queue_bytes < 16 * 1024 {
+            return Err("server.outbound_queue_bytes must be at least 16384".into());
+        }
+        match self.bus.driver.as_str() {
+            "memory" => {}
+            "redis" => {
+                if self.bus.url.is_none() && self.bus.cluster_urls.is_empty() && self.bus.sentinel_urls.is_empty() {
+                    return Err("bus.url: the redis driver needs bus.url, bus.cluster_urls or bus.sentinel_urls".into());
+                }
+                if !self.bus.sentinel_urls.is_empty() && self.bus.sentinel_master.is_none() {
+                    return Err("bus.sentinel_master: required with bus.sentinel_urls".into());
+                }
+            }
+            other => return Err(format!("bus.driver: {other:?} is not one of \"memory\", \"redis\"")),
+        }
+        match self.log.format.as_str() {
+            "auto" | "text" | "json" => {}
+            other => return Err(format!("log.format: {other:?} is not one of \"auto\", \"text\", \"json\"")),
+        }
+        let mut ids = std::collections::HashSet::new();
+        let mut keys = std::collections::HashSet::new();
+        for (i, app) in self.apps.iter().enumerate() {
+            if app.id.is_empty() || app.key.is_empty() || app.secret.is_empty() {
+                return Err(format!("apps[{i}]: id, key and secret must not be empty"));
+            }
+            if !ids.insert(&app.id) {
+                return Err(format!("apps[{i}].id: {:?} is used by two apps", app.id));
+            }
+            if !keys.insert(&app.key) {
+                return Err(format!("apps[{i}].key: {:?} is used by two apps", app.key));
+            }
+            if app.client_event_rate == 0 {
+                return Err(format!("apps[{i}].client_event_rate must be at least 1"));
+            }
+        }
+        Ok(())
+    }
+
+    /// The node id: configured, else the host name.
+    pub fn node_id(&self) -> String {
+        self.server.node_id.clone().unwrap_or_else(|| {
+            std::env::var("HOSTNAME")
+                .ok()
+                .filter(|h| !h.is_empty())
+                .or_else(|| std::fs::read_to_string("/etc/hostname").ok().map(|h| h.trim().to_owned()))
+                .filter(|h| !h.is_empty())
+                .unwrap_or_else(|| "herald".into())
+        })
+    }
+
+    /// The configuration as TOML with secrets replaced, for the start-up log.
+    pub fn redacted(&self) -> String {
+        let mut copy = self.clone();
+        for app in &mut copy.apps {
+            app.secret = "<redacted>".into();
+        }
+        if let Some(url) = &mut copy.bus.url {
+            *url = redact_url(url);
+        }
+        for u in copy.bus.cluster_urls.iter_mut().chain(copy.bus.sentinel_urls.iter_mut()) {
+            *u = redact_url(u);
+        }
+        serde_json::to_string(&copy).unwrap_or_default()
+    }
+}
+
+fn redact_url(url: &str) -> String {
+    match (url.split_once("://"), url.rfind('@')) {
+        (Some((scheme, _)), Some(at)) => format!("{scheme}://<redacted>@{}", &url[at + 1..]),
+        _ => url.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use figment::Jail;
+
+    #[test]
+    fn file_then_env() {
+        Jail::expect_with(|jail| {
+            jail.create_file(
+                "h.toml",
+                r#"
+                [server]
+                listen = "127.0.0.1:7000"
+                [[apps]]
+                id = "1"
+                key = "k"
+                secret = "s"
+                "#,
+            )?;
+            jail.set_env("HERALD_SERVER__ADMIN_LISTEN", "127.0.0.1:7001");
+            let c = load(Some(Path::new("h.toml"))).expect("loads");
+            assert_eq!(c.server.listen, "127.0.0.1:7000");
+            assert_eq!(c.server.admin_listen, "127.0.0.1:7001");
+            assert!(c.apps[0].client_events);
+            jail.set_env("HERALD_SERVER__LISTEN", "127.0.0.1:7002");
+            assert_eq!(load(Some(Path::new("h.toml"))).expect("loads").server.listen, "127.0.0.1:7002");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn unknown_keys_are_named() {
+        Jail::expect_with(|jail| {
+            jail.create_file("h.toml", "[server]\nlisten = \"127.0.0.1:7000\"\nlisten_port = 3\n")?;
+            let err = load(Some(Path::new("h.toml"))).expect_err("unknown key");
+            assert!(err.contains("listen_port"), "{err}");
+            jail.create_file("a.toml", "[[apps]]\nid = \"1\"\nkey = \"k\"\nsecret = \"s\"\nclient_event = true\n")?;
+            let err = load(Some(Path::new("a.toml"))).expect_err("unknown key");
+            assert!(err.contains("client_event"), "{err}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn reverb_variables_fill_in_and_herald_wins() {
+        Jail::expect_with(|jail| {
+            jail.set_env("REVERB_APP_ID", "rid");
+            jail.set_env("REVERB_APP_KEY", "rkey");
+            jail.set_env("REVERB_APP_SECRET", "rsecret");
+            jail.set_env("REVERB_SERVER_HOST", "127.0.0.1");
+            jail.set_env("REVERB_SERVER_PORT", "6001");
+            let c = load(None).expect("loads");
+            assert_eq!(c.apps.len(), 1);
+            assert_eq!(c.apps[0].key, "rkey");
+            assert_eq!(c.server.listen, "127.0.0.1:6001");
+            jail.set_env("HERALD_SERVER__LISTEN", "127.0.0.1:6002");
+            assert_eq!(load(None).expect("loads").server.listen, "127.0.0.1:6002");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn bad_values_are_named() {
+        Jail::expect_with(|jail| {
+            jail.create_file("h.toml", "[bus]\ndriver = \"kafka\"\n")?;
+            assert!(load(Some(Path::new("h.toml"))).expect_err("bad").contains("bus.driver"));
+            jail.create_file("l.toml", "[server]\nlisten = \"nope\"\n")?;
+            assert!(load(Some(Path::new("l.toml"))).expect_err("bad").contains("server.listen"));
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn redaction() {
+        let mut c = Config::default();
+        c.apps.push(AppConfig {
+            id: "1".into(),
+            key: "k".into(),
+            secret: "topsecret".into(),
+            ..reverb_layer(&|k| Some(k.to_owned())).apps.expect("app").remove(0)
+        });
+        c.bus.url = Some("redis://user:pw@host:6379".into());
+        let r = c.redacted();
+        assert!(!r.contains("topsecret") && !r.contains("pw@"), "{r}");
+    }
+}

@@ -1,0 +1,275 @@
+//! One WebSocket connection: admission, the reader (frames in → session) and the writer
+//! (outbound queue → socket, pings, close).
+//!
+//! The reader uses fastwebsockets to parse frames. The writer owns the socket's write half and
+//! writes everything queued in one `write_all`, with frame headers from fastwebsockets, so a
+//! burst of fan-out costs one syscall per connection rather than one per message.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use fastwebsockets::{FragmentCollectorRead, Frame, OpCode, Payload, WebSocketError};
+use herald_hub::{Connection, Session};
+use herald_protocol::{server, ErrorCode, SocketId};
+use hyper::upgrade::Upgraded;
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncWriteExt, WriteHalf};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::metrics;
+use crate::node::Node;
+
+/// What the HTTP layer knows of the upgrade request.
+#[derive(Debug)]
+pub struct Handshake {
+    pub app_key: String,
+    pub protocol: Option<String>,
+    pub origin: Option<String>,
+}
+
+/// Refuses a connection: `pusher:error` then a close frame with the same code.
+async fn refuse(mut io: WriteHalf<TokioIo<Upgraded>>, code: u16, message: &str) {
+    let mut buf = Vec::new();
+    push_text(&mut buf, &server::error(Some(code), message));
+    push_close(&mut buf, code, message);
+    let _ = io.write_all(&buf).await;
+    let _ = io.shutdown().await;
+}
+
+fn push_frame(buf: &mut Vec<u8>, mut frame: Frame<'_>) {
+    let mut head = [0u8; 14];
+    let n = frame.fmt_head(&mut head);
+    buf.extend_from_slice(&head[..n]);
+    buf.extend_from_slice(&frame.payload);
+}
+
+fn push_text(buf: &mut Vec<u8>, text: &[u8]) {
+    push_frame(buf, Frame::text(Payload::Borrowed(text)));
+}
+
+fn push_close(buf: &mut Vec<u8>, code: u16, reason: &str) {
+    // Close reasons are limited to 123 bytes.
+    let mut end = reason.len().min(123);
+    while !reason.is_char_boundary(end) {
+        end -= 1;
+    }
+    push_frame(buf, Frame::close(code, &reason.as_bytes()[..end]));
+}
+
+/// Checks the handshake and refuses it with the official code, or admits it.
+fn admit(node: &Node, hs: &Handshake) -> Result<Arc<herald_hub::App>, (u16, String, &'static str)> {
+    if node.is_draining() {
+        return Err((ErrorCode::OverCapacity.as_u16(), "Server is shutting down; reconnect to another node".into(), "draining"));
+    }
+    let Some(app) = node.hub.apps().by_key(&hs.app_key).cloned() else {
+        return Err((
+            ErrorCode::AppDoesNotExist.as_u16(),
+            format!("App key {} not in this cluster. Did you forget to specify the cluster?", hs.app_key),
+            "unknown_app",
+        ));
+    };
+    if let Some(p) = &hs.protocol {
+        match p.parse::<u32>() {
+            Ok(v) if (4..=7).contains(&v) => {}
+            Ok(v) => {
+                return Err((ErrorCode::UnsupportedProtocol.as_u16(), format!("Unsupported protocol version {v}"), "protocol"))
+            }
+            Err(_) => {
+                return Err((ErrorCode::InvalidVersion.as_u16(), format!("Invalid version string format {p:?}"), "protocol"))
+            }
+        }
+    }
+    if !app.origin_allowed(hs.origin.as_deref()) {
+        return Err((ErrorCode::Unauthorized.as_u16(), "Origin not allowed".into(), "origin"));
+    }
+    if node.open_connections() >= node.config.server.max_connections {
+        return Err((ErrorCode::OverCapacity.as_u16(), "Server is over its connection capacity".into(), "node_limit"));
+    }
+    if !node.take_handshake_token() {
+        return Err((ErrorCode::OverCapacity.as_u16(), "Too many new connections; retry shortly".into(), "handshake_rate"));
+    }
+    Ok(app)
+}
+
+/// Runs an upgraded connection to its end.
+pub async fn serve(node: Arc<Node>, ws: fastwebsockets::WebSocket<TokioIo<Upgraded>>, hs: Handshake) {
+    let (read, write) = tokio::io::split(ws.into_inner());
+    let app = match admit(&node, &hs) {
+        Ok(app) => app,
+        Err((code, message, reason)) => {
+            metrics::refused(reason);
+            tracing::info!(code, reason, "connection refused");
+            refuse(write, code, &message).await;
+            return;
+        }
+    };
+    match node.hub.bus().connection_opened(&app.id, app.max_connections).await {
+        Ok(true) => {}
+        Ok(false) => {
+            metrics::refused("app_limit");
+            tracing::info!(app = %app.id, code = 4004, "connection refused: app over connection quota");
+            refuse(write, ErrorCode::OverConnectionQuota.as_u16(), "Application is over connection quota").await;
+            return;
+        }
+        Err(e) => {
+            metrics::refused("bus");
+            tracing::warn!(app = %app.id, error = %e, "connection refused: bus unavailable");
+            refuse(write, ErrorCode::OverCapacity.as_u16(), "Server cannot reach its cluster bus; retry shortly").await;
+            return;
+        }
+    }
+
+    let socket_id = SocketId::generate(&mut rand::rng());
+    let conn = node.hub.connect(socket_id, app.clone());
+    let _guard = node.connection_opened(&app.id);
+    tracing::debug!(app = %app.id, %socket_id, "connection open");
+    let session = Session::start(node.hub.clone(), conn.clone(), node.config.server.activity_timeout);
+
+    let last_seen = Arc::new(AtomicU64::new(0));
+    let started = Instant::now();
+    let done = CancellationToken::new();
+    let writer = tokio::spawn(write_loop(node.clone(), conn.clone(), write, last_seen.clone(), started, done.clone()));
+
+    let mut reader = fastwebsockets::after_handshake_split(read, tokio::io::sink(), fastwebsockets::Role::Server).0;
+    reader.set_auto_close(false);
+    reader.set_auto_pong(false);
+    reader.set_max_message_size(node.config.server.max_message_bytes);
+    let mut reader = FragmentCollectorRead::new(reader);
+    let session = read_loop(&mut reader, session, &conn, &last_seen, started, &done).await;
+
+    // The socket is done or the server closed it: leave channels, then let the writer finish.
+    session.close().await;
+    if !conn.outbox.is_closing() {
+        conn.outbox.close(1000, "");
+    }
+    let _ = tokio::time::timeout(Duration::from_secs(5), writer).await;
+    tracing::debug!(app = %app.id, %socket_id, "connection closed");
+}
+
+async fn read_loop(
+    reader: &mut FragmentCollectorRead<tokio::io::ReadHalf<TokioIo<Upgraded>>>,
+    mut session: Session,
+    conn: &Arc<Connection>,
+    last_seen: &AtomicU64,
+    started: Instant,
+    done: &CancellationToken,
+) -> Session {
+    let mut no_send = |_: Frame<'_>| async { Ok::<(), std::io::Error>(()) };
+    loop {
+        let frame = tokio::select! {
+            f = reader.read_frame(&mut no_send) => f,
+            _ = done.cancelled() => break,
+        };
+        let mut frame = match frame {
+            Ok(f) => f,
+            Err(e) => {
+                let (code, why) = match e {
+                    WebSocketError::FrameTooLarge => (1009, "Message too big"),
+                    WebSocketError::InvalidUTF8 => (1007, "Text frame is not valid UTF-8"),
+                    WebSocketError::UnexpectedEOF | WebSocketError::IoError(_) | WebSocketError::ConnectionClosed => break,
+                    _ => (1002, "WebSocket protocol error"),
+                };
+                conn.send_error(None, why);
+                conn.outbox.close(code, why);
+                break;
+            }
+        };
+        last_seen.store(started.elapsed().as_millis() as u64, Ordering::Relaxed);
+        metrics::bytes_in(frame.payload.len());
+        match frame.opcode {
+            OpCode::Text => session.on_text(frame.payload.to_mut()).await,
+            OpCode::Binary => conn.send_error(None, "Binary frames are not supported: send JSON in text frames"),
+            OpCode::Ping => conn.outbox.push_pong(Bytes::copy_from_slice(&frame.payload)),
+            OpCode::Close => {
+                conn.outbox.close(1000, "");
+                break;
+            }
+            OpCode::Pong | OpCode::Continuation => {}
+        }
+        if conn.outbox.is_closing() {
+            break;
+        }
+    }
+    session
+}
+
+async fn write_loop(
+    node: Arc<Node>,
+    conn: Arc<Connection>,
+    mut io: WriteHalf<TokioIo<Upgraded>>,
+    last_seen: Arc<AtomicU64>,
+    started: Instant,
+    done: CancellationToken,
+) {
+    let activity = Duration::from_secs(node.config.server.activity_timeout);
+    let pong_wait = Duration::from_secs(node.config.server.pong_timeout);
+    let mut frames = Vec::new();
+    let mut pongs = Vec::new();
+    let mut buf = Vec::new();
+    let mut pinged_at: Option<u64> = None;
+    let close_code = loop {
+        let seen = Duration::from_millis(last_seen.load(Ordering::Relaxed));
+        let deadline = match pinged_at {
+            Some(_) => started + seen + activity + pong_wait,
+            None => started + seen + activity,
+        };
+        tokio::select! {
+            _ = conn.outbox.ready() => {}
+            _ = tokio::time::sleep_until(deadline) => {}
+        }
+        let close = conn.outbox.drain_all(&mut frames, &mut pongs);
+        let now_seen = last_seen.load(Ordering::Relaxed);
+        if pinged_at.is_some_and(|at| now_seen > at) {
+            pinged_at = None;
+        }
+        let idle = started.elapsed().saturating_sub(Duration::from_millis(now_seen));
+        for p in pongs.drain(..) {
+            push_frame(&mut buf, Frame::pong(Payload::Borrowed(&p)));
+        }
+        let mut sent = 0;
+        for f in frames.drain(..) {
+            push_text(&mut buf, &f);
+            sent += 1;
+        }
+        let close = match close {
+            Some(c) => Some(c),
+            None if pinged_at.is_some() && idle >= activity + pong_wait => {
+                Some(herald_hub::CloseReason { code: ErrorCode::PongNotReceived.as_u16(), message: "Pong reply not received".into() })
+            }
+            None if pinged_at.is_none() && idle >= activity => {
+                push_frame(&mut buf, Frame::new(true, OpCode::Ping, None, Payload::Borrowed(b"")));
+                pinged_at = Some(now_seen);
+                None
+            }
+            None => None,
+        };
+        if let Some(c) = &close {
+            if c.code >= 4000 {
+                push_text(&mut buf, &server::error(Some(c.code), &c.message));
+            }
+            push_close(&mut buf, c.code, &c.message);
+        }
+        if !buf.is_empty() {
+            metrics::bytes_out(buf.len(), sent);
+            if io.write_all(&buf).await.is_err() {
+                break None;
+            }
+            buf.clear();
+            if buf.capacity() > 64 * 1024 {
+                buf.shrink_to(4096);
+            }
+        }
+        if let Some(c) = close {
+            let _ = io.shutdown().await;
+            break Some(c.code);
+        }
+    };
+    done.cancel();
+    metrics::closed(&conn.app.id, close_code);
+    if close_code.is_some_and(|c| c >= 4000) {
+        tracing::info!(app = %conn.app.id, socket_id = %conn.socket_id, code = close_code, "connection closed by server");
+    }
+}
