@@ -241,6 +241,8 @@ class Herald {
   constructor(inst) {
     Object.assign(this, inst);
     this.clients = new Set();
+    // one keep-alive agent for all SDK instances so stop() can close idle HTTP connections
+    this.agent = new http.Agent({ keepAlive: true });
   }
 
   /** Official Node server SDK bound to this herald. */
@@ -248,7 +250,7 @@ class Herald {
     const a = APPS[app];
     return new PusherServer({
       appId: a.id, key: a.key, secret: a.secret,
-      host: HOST, port: this.port, useTLS: false, timeout: 5000,
+      host: HOST, port: this.port, useTLS: false, timeout: 5000, agent: this.agent,
       ...overrides,
     });
   }
@@ -334,11 +336,15 @@ class Herald {
       try { c.disconnect ? c.disconnect() : c.close(); } catch { /* ignore */ }
     }
     this.clients.clear();
+    this.agent.destroy();
     const p = this.proc;
+    if (this.exited) return;
+    await delay(100); // let herald see the client sockets close before draining
     if (this.exited) return;
     const gone = new Promise((r) => p.once('exit', r));
     p.kill('SIGTERM');
-    const t = setTimeout(() => { try { p.kill('SIGKILL'); } catch { /* ignore */ } }, 2000);
+    // herald drains gracefully; a test run does not need to wait for the whole window
+    const t = setTimeout(() => { try { p.kill('SIGKILL'); } catch { /* ignore */ } }, 1500);
     await gone;
     clearTimeout(t);
   }

@@ -136,9 +136,13 @@ pub async fn serve(node: Arc<Node>, ws: fastwebsockets::WebSocket<TokioIo<Upgrad
     let mut reader = fastwebsockets::after_handshake_split(read, tokio::io::sink(), fastwebsockets::Role::Server).0;
     reader.set_auto_close(false);
     reader.set_auto_pong(false);
-    reader.set_max_message_size(node.config.server.max_message_bytes);
+    // fastwebsockets stops reading at its cap, leaving the rest unread (and the close frame may
+    // then be lost to a TCP reset), so its cap is a hard ceiling well above ours and our own
+    // limit is checked on whole messages.
+    let max_message = node.config.server.max_message_bytes;
+    reader.set_max_message_size((max_message * 8).max(256 * 1024));
     let mut reader = FragmentCollectorRead::new(reader);
-    let session = read_loop(&mut reader, session, &conn, &last_seen, started, &done).await;
+    let session = read_loop(&mut reader, session, &conn, &last_seen, started, &done, max_message).await;
 
     // The socket is done or the server closed it: leave channels, then let the writer finish.
     session.close().await;
@@ -156,6 +160,7 @@ async fn read_loop(
     last_seen: &AtomicU64,
     started: Instant,
     done: &CancellationToken,
+    max_message: usize,
 ) -> Session {
     let mut no_send = |_: Frame<'_>| async { Ok::<(), std::io::Error>(()) };
     loop {
@@ -179,6 +184,12 @@ async fn read_loop(
         };
         last_seen.store(started.elapsed().as_millis() as u64, Ordering::Relaxed);
         metrics::bytes_in(frame.payload.len());
+        if frame.payload.len() > max_message {
+            let why = format!("Message of {} bytes is over the limit of {max_message}", frame.payload.len());
+            conn.send_error(None, &why);
+            conn.outbox.close(1009, "Message too big");
+            break;
+        }
         match frame.opcode {
             OpCode::Text => session.on_text(frame.payload.to_mut()).await,
             OpCode::Binary => conn.send_error(None, "Binary frames are not supported: send JSON in text frames"),

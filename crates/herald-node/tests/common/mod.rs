@@ -1,0 +1,361 @@
+//! Test harness: starts the real `herald` binary on free ports and talks to it with a Rust
+//! WebSocket client (fastwebsockets) and a signed HTTP API client (hyper).
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+
+use std::future::Future;
+use std::io::Write;
+use std::net::TcpListener as StdListener;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use fastwebsockets::{FragmentCollector, Frame, OpCode, Payload, WebSocket};
+use http_body_util::{BodyExt, Empty, Full};
+use hyper::upgrade::Upgraded;
+use hyper::Request;
+use hyper_util::rt::TokioIo;
+use serde_json::Value;
+use tokio::net::TcpStream;
+
+pub const KEY: &str = "key1";
+pub const SECRET: &str = "secret1";
+pub const APP: &str = "app1";
+
+pub fn free_port() -> u16 {
+    StdListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// A running `herald` process, killed on drop.
+pub struct Herald {
+    pub child: Child,
+    pub port: u16,
+    pub admin_port: u16,
+    pub dir: tempdir::Dir,
+}
+
+pub mod tempdir {
+    pub struct Dir(pub std::path::PathBuf);
+    impl Dir {
+        pub fn new() -> Self {
+            let p = std::env::temp_dir().join(format!("herald-test-{}-{}", std::process::id(), rand_suffix()));
+            std::fs::create_dir_all(&p).unwrap();
+            Dir(p)
+        }
+    }
+    impl Drop for Dir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+    fn rand_suffix() -> u64 {
+        use std::sync::atomic::{AtomicU64, Ordering};
+        static N: AtomicU64 = AtomicU64::new(0);
+        N.fetch_add(1, Ordering::Relaxed) * 1000 + std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos() as u64 % 1000
+    }
+}
+
+/// The apps every test node has: app1 (client events on) and app2 (client events off,
+/// at most 2 connections, an origin allowlist).
+pub fn default_apps() -> String {
+    r#"
+[[apps]]
+id = "app1"
+key = "key1"
+secret = "secret1"
+
+[[apps]]
+id = "app2"
+key = "key2"
+secret = "secret2"
+client_events = false
+max_connections = 2
+allowed_origins = ["https://allowed.example"]
+"#
+    .to_owned()
+}
+
+impl Herald {
+    pub async fn start() -> Herald {
+        Self::start_with("", &default_apps()).await
+    }
+
+    /// Starts a node; `server_extra` is added to `[server]`, `rest` after it.
+    pub async fn start_with(server_extra: &str, rest: &str) -> Herald {
+        let port = free_port();
+        let admin_port = free_port();
+        let dir = tempdir::Dir::new();
+        let config = format!(
+            "[server]\nlisten = \"127.0.0.1:{port}\"\nadmin_listen = \"127.0.0.1:{admin_port}\"\nnode_id = \"test-node\"\n{server_extra}\n{rest}"
+        );
+        let path = dir.0.join("herald.toml");
+        std::fs::File::create(&path).unwrap().write_all(config.as_bytes()).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_herald"))
+            .arg("--config")
+            .arg(&path)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("herald starts");
+        let h = Herald { child, port, admin_port, dir };
+        for _ in 0..200 {
+            if TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
+                return h;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        panic!("herald did not start listening on {port}");
+    }
+
+    pub async fn ws(&self, key: &str) -> Client {
+        Client::connect(self.port, &format!("/app/{key}?protocol=7&client=rust&version=1.0"), None).await
+    }
+
+    /// Connects and reads `pusher:connection_established`.
+    pub async fn client(&self) -> Client {
+        let mut c = self.ws(KEY).await;
+        let hello = c.recv().await;
+        assert_eq!(hello["event"], "pusher:connection_established", "{hello}");
+        let data: Value = serde_json::from_str(hello["data"].as_str().unwrap()).unwrap();
+        c.socket_id = data["socket_id"].as_str().unwrap().to_owned();
+        c
+    }
+
+    pub fn api(&self) -> Api {
+        Api { port: self.port, app: APP.into(), key: KEY.into(), secret: SECRET.into() }
+    }
+
+    pub fn sigterm(&self) {
+        Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).status().unwrap();
+    }
+
+    pub async fn admin_get(&self, path: &str) -> (u16, String) {
+        http(self.admin_port, "GET", path, Bytes::new()).await
+    }
+}
+
+impl Drop for Herald {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+struct SpawnExecutor;
+
+impl<Fut> hyper::rt::Executor<Fut> for SpawnExecutor
+where
+    Fut: Future + Send + 'static,
+    Fut::Output: Send + 'static,
+{
+    fn execute(&self, fut: Fut) {
+        tokio::spawn(fut);
+    }
+}
+
+/// A raw Pusher-protocol WebSocket client.
+pub struct Client {
+    pub ws: FragmentCollector<TokioIo<Upgraded>>,
+    pub socket_id: String,
+}
+
+pub const WAIT: Duration = Duration::from_secs(5);
+
+impl Client {
+    pub async fn connect(port: u16, path: &str, origin: Option<&str>) -> Client {
+        Self::connect_with(port, path, origin, true).await
+    }
+
+    /// `auto_pong = false` makes a client that never answers protocol pings.
+    pub async fn connect_with(port: u16, path: &str, origin: Option<&str>, auto_pong: bool) -> Client {
+        let stream = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+        let mut req = Request::builder()
+            .method("GET")
+            .uri(format!("http://127.0.0.1:{port}{path}"))
+            .header("Host", format!("127.0.0.1:{port}"))
+            .header("Upgrade", "websocket")
+            .header("Connection", "upgrade")
+            .header("Sec-WebSocket-Key", fastwebsockets::handshake::generate_key())
+            .header("Sec-WebSocket-Version", "13");
+        if let Some(o) = origin {
+            req = req.header("Origin", o);
+        }
+        let (ws, _) = fastwebsockets::handshake::client(&SpawnExecutor, req.body(Empty::<Bytes>::new()).unwrap(), stream)
+            .await
+            .expect("handshake");
+        let mut ws = ws;
+        ws.set_auto_pong(auto_pong);
+        Client { ws: FragmentCollector::new(ws), socket_id: String::new() }
+    }
+
+    pub async fn send_text(&mut self, text: &str) {
+        self.ws.write_frame(Frame::text(Payload::Borrowed(text.as_bytes()))).await.unwrap();
+    }
+
+    pub async fn send(&mut self, v: Value) {
+        self.send_text(&v.to_string()).await;
+    }
+
+    pub async fn send_frame(&mut self, frame: Frame<'_>) {
+        self.ws.write_frame(frame).await.unwrap();
+    }
+
+    /// Next text frame as JSON (panics on close or timeout).
+    pub async fn recv(&mut self) -> Value {
+        match self.next().await {
+            Event::Text(v) => v,
+            Event::Close(code, reason) => panic!("closed with {code} {reason}"),
+            Event::Timeout => panic!("no frame within {WAIT:?}"),
+        }
+    }
+
+    /// Next frame, or a timeout.
+    pub async fn next_within(&mut self, wait: Duration) -> Event {
+        loop {
+            let frame = match tokio::time::timeout(wait, self.ws.read_frame()).await {
+                Err(_) => return Event::Timeout,
+                Ok(Err(_)) => return Event::Close(1006, String::new()),
+                Ok(Ok(f)) => f,
+            };
+            match frame.opcode {
+                OpCode::Text => return Event::Text(serde_json::from_slice(&frame.payload).expect("server sends JSON")),
+                OpCode::Close => {
+                    let code = if frame.payload.len() >= 2 { u16::from_be_bytes([frame.payload[0], frame.payload[1]]) } else { 1005 };
+                    let reason = String::from_utf8_lossy(frame.payload.get(2..).unwrap_or(&[])).into_owned();
+                    return Event::Close(code, reason);
+                }
+                _ => continue,
+            }
+        }
+    }
+
+    pub async fn next(&mut self) -> Event {
+        self.next_within(WAIT).await
+    }
+
+    /// Reads until an event named `event` arrives; returns it.
+    pub async fn recv_event(&mut self, event: &str) -> Value {
+        loop {
+            let v = self.recv().await;
+            if v["event"] == event {
+                return v;
+            }
+        }
+    }
+
+    /// Asserts nothing arrives for `wait`.
+    pub async fn expect_silence(&mut self, wait: Duration) {
+        match self.next_within(wait).await {
+            Event::Timeout => {}
+            other => panic!("expected silence, got {other:?}"),
+        }
+    }
+
+    /// Reads until the close frame; returns its code. Panics on a timeout.
+    pub async fn expect_close(&mut self) -> (u16, Vec<Value>) {
+        let mut before = Vec::new();
+        loop {
+            match self.next().await {
+                Event::Text(v) => before.push(v),
+                Event::Close(code, _) => return (code, before),
+                Event::Timeout => panic!("no close within {WAIT:?}; got {before:?}"),
+            }
+        }
+    }
+
+    pub async fn subscribe(&mut self, channel: &str) -> Value {
+        self.send(serde_json::json!({"event":"pusher:subscribe","data":{"channel":channel,"auth":""}})).await;
+        self.recv().await
+    }
+
+    pub async fn subscribe_private(&mut self, channel: &str) -> Value {
+        let auth = auth(&self.socket_id, channel, None);
+        self.send(serde_json::json!({"event":"pusher:subscribe","data":{"channel":channel,"auth":auth}})).await;
+        self.recv().await
+    }
+
+    pub async fn subscribe_presence(&mut self, channel: &str, user_id: &str) -> Value {
+        let data = serde_json::json!({"user_id": user_id, "user_info": {"name": format!("user {user_id}")}}).to_string();
+        let auth = auth(&self.socket_id, channel, Some(&data));
+        self.send(serde_json::json!({"event":"pusher:subscribe","data":{"channel":channel,"auth":auth,"channel_data":data}}))
+            .await;
+        self.recv_event("pusher_internal:subscription_succeeded").await
+    }
+}
+
+#[derive(Debug)]
+pub enum Event {
+    Text(Value),
+    Close(u16, String),
+    Timeout,
+}
+
+/// `key:signature` for a channel subscription.
+pub fn auth(socket_id: &str, channel: &str, channel_data: Option<&str>) -> String {
+    let input = match channel_data {
+        Some(d) => format!("{socket_id}:{channel}:{d}"),
+        None => format!("{socket_id}:{channel}"),
+    };
+    format!("{KEY}:{}", herald_protocol::signature::sign(SECRET, input.as_bytes()))
+}
+
+/// The `data` field of a frame, parsed.
+pub fn data(frame: &Value) -> Value {
+    match &frame["data"] {
+        Value::String(s) => serde_json::from_str(s).unwrap_or(Value::String(s.clone())),
+        other => other.clone(),
+    }
+}
+
+/// A signed HTTP API client.
+pub struct Api {
+    pub port: u16,
+    pub app: String,
+    pub key: String,
+    pub secret: String,
+}
+
+pub fn now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs()
+}
+
+impl Api {
+    pub async fn call(&self, method: &str, path: &str, params: &[(&str, &str)], body: &str) -> (u16, Value) {
+        self.call_at(method, path, params, body, now()).await
+    }
+
+    pub async fn call_at(&self, method: &str, path: &str, params: &[(&str, &str)], body: &str, ts: u64) -> (u16, Value) {
+        let full = format!("/apps/{}{path}", self.app);
+        let q = herald_protocol::api_auth::signed_query(&self.key, &self.secret, method, &full, params, body.as_bytes(), ts);
+        let (status, text) = http(self.port, method, &format!("{full}?{q}"), Bytes::from(body.to_owned())).await;
+        (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+    }
+
+    pub async fn trigger(&self, channels: &[&str], event: &str, data: &str, socket_id: Option<&str>) -> (u16, Value) {
+        let mut body = serde_json::json!({"name": event, "channels": channels, "data": data});
+        if let Some(s) = socket_id {
+            body["socket_id"] = Value::String(s.to_owned());
+        }
+        self.call("POST", "/events", &[], &body.to_string()).await
+    }
+}
+
+/// A plain HTTP/1.1 request to 127.0.0.1:port; returns status and body text.
+pub async fn http(port: u16, method: &str, path_and_query: &str, body: Bytes) -> (u16, String) {
+    let stream = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.unwrap();
+    tokio::spawn(conn);
+    let req = Request::builder()
+        .method(method)
+        .uri(path_and_query)
+        .header("Host", format!("127.0.0.1:{port}"))
+        .header("Content-Type", "application/json")
+        .body(Full::new(body))
+        .unwrap();
+    let res = sender.send_request(req).await.unwrap();
+    let status = res.status().as_u16();
+    let bytes = res.into_body().collect().await.unwrap().to_bytes();
+    (status, String::from_utf8_lossy(&bytes).into_owned())
+}
+
+pub type RawWs = WebSocket<TokioIo<Upgraded>>;
