@@ -95,12 +95,25 @@ pub trait Bus: Send + Sync + 'static {
     ) -> Result<PresenceJoin, BusError>;
 
     /// Removes a socket's membership; `Ok(true)` when it was the user's last socket there.
-    async fn presence_leave(&self, app_id: &str, channel: &ChannelName, user_id: &str, socket: SocketId)
-        -> Result<bool, BusError>;
+    async fn presence_leave(
+        &self,
+        app_id: &str,
+        channel: &ChannelName,
+        user_id: &str,
+        socket: SocketId,
+    ) -> Result<bool, BusError>;
 
-    async fn presence_members(&self, app_id: &str, channel: &ChannelName) -> Result<Vec<Member>, BusError>;
+    async fn presence_members(
+        &self,
+        app_id: &str,
+        channel: &ChannelName,
+    ) -> Result<Vec<Member>, BusError>;
 
-    async fn subscription_count(&self, app_id: &str, channel: &ChannelName) -> Result<u64, BusError>;
+    async fn subscription_count(
+        &self,
+        app_id: &str,
+        channel: &ChannelName,
+    ) -> Result<u64, BusError>;
 
     /// Occupied channels of an app whose names start with `prefix`.
     async fn channels(&self, app_id: &str, prefix: &str) -> Result<Vec<ChannelStats>, BusError>;
@@ -178,7 +191,8 @@ impl Bus for LocalBus {
             }
             None if count >= max_members => return Ok(PresenceJoin::Full),
             None => {
-                ch.members.insert(member.user_id.clone(), (member.clone(), vec![socket]));
+                ch.members
+                    .insert(member.user_id.clone(), (member.clone(), vec![socket]));
                 true
             }
         };
@@ -186,8 +200,13 @@ impl Bus for LocalBus {
         Ok(PresenceJoin::Joined { first, members })
     }
 
-    async fn presence_leave(&self, app_id: &str, channel: &ChannelName, user_id: &str, socket: SocketId)
-        -> Result<bool, BusError> {
+    async fn presence_leave(
+        &self,
+        app_id: &str,
+        channel: &ChannelName,
+        user_id: &str,
+        socket: SocketId,
+    ) -> Result<bool, BusError> {
         let key = Self::key(app_id, channel);
         let mut last = false;
         let mut empty = false;
@@ -207,7 +226,11 @@ impl Bus for LocalBus {
         Ok(last)
     }
 
-    async fn presence_members(&self, app_id: &str, channel: &ChannelName) -> Result<Vec<Member>, BusError> {
+    async fn presence_members(
+        &self,
+        app_id: &str,
+        channel: &ChannelName,
+    ) -> Result<Vec<Member>, BusError> {
         Ok(self
             .presence
             .get(&Self::key(app_id, channel))
@@ -215,8 +238,16 @@ impl Bus for LocalBus {
             .unwrap_or_default())
     }
 
-    async fn subscription_count(&self, app_id: &str, channel: &ChannelName) -> Result<u64, BusError> {
-        Ok(self.interest.get(&Self::key(app_id, channel)).map(|n| *n as u64).unwrap_or(0))
+    async fn subscription_count(
+        &self,
+        app_id: &str,
+        channel: &ChannelName,
+    ) -> Result<u64, BusError> {
+        Ok(self
+            .interest
+            .get(&Self::key(app_id, channel))
+            .map(|n| *n as u64)
+            .unwrap_or(0))
     }
 
     async fn channels(&self, app_id: &str, prefix: &str) -> Result<Vec<ChannelStats>, BusError> {
@@ -232,8 +263,17 @@ impl Bus for LocalBus {
             .collect();
         for stats in &mut out {
             if stats.name.starts_with("presence-") {
-                let key = (Arc::from(app_id), ChannelName::parse(&stats.name).map_err(|e| BusError::Backend(e.to_string()))?);
-                stats.user_count = Some(self.presence.get(&key).map(|c| c.members.len() as u64).unwrap_or(0));
+                let key = (
+                    Arc::from(app_id),
+                    ChannelName::parse(&stats.name)
+                        .map_err(|e| BusError::Backend(e.to_string()))?,
+                );
+                stats.user_count = Some(
+                    self.presence
+                        .get(&key)
+                        .map(|c| c.members.len() as u64)
+                        .unwrap_or(0),
+                );
             }
         }
         Ok(out)
@@ -247,7 +287,12 @@ impl Bus for LocalBus {
             if limit > 0 && current >= limit {
                 return Ok(false);
             }
-            match counter.compare_exchange_weak(current, current + 1, Ordering::AcqRel, Ordering::Relaxed) {
+            match counter.compare_exchange_weak(
+                current,
+                current + 1,
+                Ordering::AcqRel,
+                Ordering::Relaxed,
+            ) {
                 Ok(_) => return Ok(true),
                 Err(now) => current = now,
             }
@@ -270,7 +315,10 @@ mod tests {
     use super::*;
 
     fn member(id: &str) -> Member {
-        Member { user_id: id.into(), user_info: None }
+        Member {
+            user_id: id.into(),
+            user_info: None,
+        }
     }
 
     #[tokio::test]
@@ -278,12 +326,22 @@ mod tests {
         let bus = LocalBus::new();
         let ch = ChannelName::parse("presence-a").expect("ok");
         let (s1, s2) = (SocketId::from_parts(1, 1), SocketId::from_parts(1, 2));
-        assert!(matches!(bus.presence_join("app", &ch, &member("u"), s1, 100).await, Ok(PresenceJoin::Joined { first: true, .. })));
-        assert!(matches!(bus.presence_join("app", &ch, &member("u"), s2, 100).await, Ok(PresenceJoin::Joined { first: false, .. })));
+        assert!(matches!(
+            bus.presence_join("app", &ch, &member("u"), s1, 100).await,
+            Ok(PresenceJoin::Joined { first: true, .. })
+        ));
+        assert!(matches!(
+            bus.presence_join("app", &ch, &member("u"), s2, 100).await,
+            Ok(PresenceJoin::Joined { first: false, .. })
+        ));
         assert_eq!(bus.presence_members("app", &ch).await.expect("ok").len(), 1);
         assert_eq!(bus.presence_leave("app", &ch, "u", s1).await, Ok(false));
         assert_eq!(bus.presence_leave("app", &ch, "u", s2).await, Ok(true));
-        assert!(bus.presence_members("app", &ch).await.expect("ok").is_empty());
+        assert!(bus
+            .presence_members("app", &ch)
+            .await
+            .expect("ok")
+            .is_empty());
     }
 
     #[tokio::test]
@@ -291,11 +349,27 @@ mod tests {
         let bus = LocalBus::new();
         let ch = ChannelName::parse("presence-a").expect("ok");
         for i in 0..2 {
-            bus.presence_join("app", &ch, &member(&i.to_string()), SocketId::from_parts(1, i), 2).await.expect("ok");
+            bus.presence_join(
+                "app",
+                &ch,
+                &member(&i.to_string()),
+                SocketId::from_parts(1, i),
+                2,
+            )
+            .await
+            .expect("ok");
         }
-        assert_eq!(bus.presence_join("app", &ch, &member("x"), SocketId::from_parts(2, 1), 2).await, Ok(PresenceJoin::Full));
+        assert_eq!(
+            bus.presence_join("app", &ch, &member("x"), SocketId::from_parts(2, 1), 2)
+                .await,
+            Ok(PresenceJoin::Full)
+        );
         // An existing user may add sockets at the cap.
-        assert!(matches!(bus.presence_join("app", &ch, &member("0"), SocketId::from_parts(2, 2), 2).await, Ok(PresenceJoin::Joined { .. })));
+        assert!(matches!(
+            bus.presence_join("app", &ch, &member("0"), SocketId::from_parts(2, 2), 2)
+                .await,
+            Ok(PresenceJoin::Joined { .. })
+        ));
     }
 
     #[tokio::test]

@@ -20,7 +20,12 @@ pub struct Connection {
 
 impl Connection {
     pub fn new(socket_id: SocketId, app: Arc<App>, outbox_bytes: usize) -> Self {
-        Connection { socket_id, app, outbox: Outbox::new(outbox_bytes), user_id: Mutex::new(None) }
+        Connection {
+            socket_id,
+            app,
+            outbox: Outbox::new(outbox_bytes),
+            user_id: Mutex::new(None),
+        }
     }
 
     /// Queues a frame for this connection alone.

@@ -52,19 +52,34 @@ pub struct Hub {
 
 impl std::fmt::Debug for Hub {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Hub").field("node_id", &self.node_id).finish_non_exhaustive()
+        f.debug_struct("Hub")
+            .field("node_id", &self.node_id)
+            .finish_non_exhaustive()
     }
 }
 
 /// Unix time in microseconds.
 pub fn now_us() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_micros() as u64).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_micros() as u64)
+        .unwrap_or(0)
 }
 
 impl Hub {
     /// Builds the hub and attaches it to the bus as the receiver of remote messages.
     pub fn new(config: HubConfig, apps: Apps, bus: Arc<dyn Bus>) -> Arc<Self> {
-        let state = apps.iter().map(|a| (a.id.clone(), AppState { channels: DashMap::new() })).collect();
+        let state = apps
+            .iter()
+            .map(|a| {
+                (
+                    a.id.clone(),
+                    AppState {
+                        channels: DashMap::new(),
+                    },
+                )
+            })
+            .collect();
         let hub = Arc::new(Hub {
             node_id: Arc::from(config.node_id.as_str()),
             apps,
@@ -111,7 +126,9 @@ impl Hub {
 
     /// Adds a local subscriber; returns the channel's local subscriber count.
     pub(crate) fn add_subscriber(&self, conn: &Arc<Connection>, channel: &ChannelName) -> usize {
-        let Some(state) = self.state.get(&conn.app.id) else { return 0 };
+        let Some(state) = self.state.get(&conn.app.id) else {
+            return 0;
+        };
         let entry = state.channels.entry(channel.clone()).or_insert_with(|| {
             metrics::channels(1.0);
             Arc::default()
@@ -127,7 +144,9 @@ impl Hub {
 
     /// Removes a local subscriber; returns the channel's remaining local count.
     pub(crate) fn remove_subscriber(&self, conn: &Connection, channel: &ChannelName) -> usize {
-        let Some(state) = self.state.get(&conn.app.id) else { return 0 };
+        let Some(state) = self.state.get(&conn.app.id) else {
+            return 0;
+        };
         let mut remaining = 0;
         let removed = state.channels.remove_if(channel, |_, ch| {
             let mut subs = ch.subscribers.write();
@@ -146,21 +165,36 @@ impl Hub {
 
     /// Whether `conn` is a local subscriber of `channel`.
     pub fn is_subscribed(&self, conn: &Connection, channel: &ChannelName) -> bool {
-        self.channel(&conn.app.id, channel).is_some_and(|ch| ch.subscribers.read().contains_key(&conn.socket_id))
+        self.channel(&conn.app.id, channel)
+            .is_some_and(|ch| ch.subscribers.read().contains_key(&conn.socket_id))
     }
 
     fn channel(&self, app_id: &str, channel: &ChannelName) -> Option<Arc<LocalChannel>> {
-        self.state.get(app_id)?.channels.get(channel).map(|c| c.value().clone())
+        self.state
+            .get(app_id)?
+            .channels
+            .get(channel)
+            .map(|c| c.value().clone())
     }
 
     /// Local subscribers of a channel.
     pub fn local_subscriber_count(&self, app_id: &str, channel: &ChannelName) -> usize {
-        self.channel(app_id, channel).map(|c| c.subscribers.read().len()).unwrap_or(0)
+        self.channel(app_id, channel)
+            .map(|c| c.subscribers.read().len())
+            .unwrap_or(0)
     }
 
     /// Pushes an encoded frame to every local subscriber but `exclude`; returns how many got it.
-    pub fn deliver_local(&self, app_id: &str, channel: &ChannelName, frame: &Bytes, exclude: Option<SocketId>) -> usize {
-        let Some(ch) = self.channel(app_id, channel) else { return 0 };
+    pub fn deliver_local(
+        &self,
+        app_id: &str,
+        channel: &ChannelName,
+        frame: &Bytes,
+        exclude: Option<SocketId>,
+    ) -> usize {
+        let Some(ch) = self.channel(app_id, channel) else {
+            return 0;
+        };
         let subs = ch.subscribers.read();
         let mut delivered = 0;
         for (socket_id, conn) in subs.iter() {
@@ -207,8 +241,16 @@ impl Hub {
     }
 
     /// Closes every local connection subscribed to `channel` with `code` (terminate).
-    pub fn close_subscribers(&self, app_id: &str, channel: &ChannelName, code: u16, message: &str) -> usize {
-        let Some(ch) = self.channel(app_id, channel) else { return 0 };
+    pub fn close_subscribers(
+        &self,
+        app_id: &str,
+        channel: &ChannelName,
+        code: u16,
+        message: &str,
+    ) -> usize {
+        let Some(ch) = self.channel(app_id, channel) else {
+            return 0;
+        };
         let subs = ch.subscribers.read();
         for conn in subs.values() {
             conn.outbox.close(code, message);
@@ -218,7 +260,8 @@ impl Hub {
 
     /// Closes a user's connections on every node.
     pub async fn terminate_user(&self, app_id: &str, user_id: &str) -> Result<(), BusError> {
-        let channel = ChannelName::server_to_user(user_id).map_err(|e| BusError::Backend(e.to_string()))?;
+        let channel =
+            ChannelName::server_to_user(user_id).map_err(|e| BusError::Backend(e.to_string()))?;
         self.bus
             .publish(BusMessage {
                 origin: self.node_id.clone(),
@@ -229,7 +272,12 @@ impl Hub {
                 payload: BusPayload::TerminateUser,
             })
             .await?;
-        self.close_subscribers(app_id, &channel, TERMINATE_CODE, "Connection terminated by the app");
+        self.close_subscribers(
+            app_id,
+            &channel,
+            TERMINATE_CODE,
+            "Connection terminated by the app",
+        );
         Ok(())
     }
 }
@@ -245,7 +293,12 @@ impl BusSink for Hub {
                 self.record_delivery(n, msg.published_at_us);
             }
             BusPayload::TerminateUser => {
-                self.close_subscribers(&msg.app_id, &msg.channel, TERMINATE_CODE, "Connection terminated by the app");
+                self.close_subscribers(
+                    &msg.app_id,
+                    &msg.channel,
+                    TERMINATE_CODE,
+                    "Connection terminated by the app",
+                );
             }
         }
     }

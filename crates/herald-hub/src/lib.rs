@@ -19,7 +19,9 @@ pub mod rate;
 pub mod session;
 
 pub use app::{App, Apps};
-pub use bus::{Bus, BusError, BusMessage, BusPayload, BusSink, ChannelStats, LocalBus, PresenceJoin};
+pub use bus::{
+    Bus, BusError, BusMessage, BusPayload, BusSink, ChannelStats, LocalBus, PresenceJoin,
+};
 pub use connection::Connection;
 pub use hub::{Hub, HubConfig};
 pub use outbox::{CloseReason, Outbox, Pushed};

@@ -54,7 +54,12 @@ pub const SLOW_CLIENT_CODE: u16 = 4100;
 impl Outbox {
     pub fn new(limit_bytes: usize) -> Self {
         Outbox {
-            inner: Mutex::new(Inner { queue: VecDeque::new(), bytes: 0, pongs: Vec::new(), close: None }),
+            inner: Mutex::new(Inner {
+                queue: VecDeque::new(),
+                bytes: 0,
+                pongs: Vec::new(),
+                close: None,
+            }),
             notify: Notify::new(),
             limit: limit_bytes,
         }
@@ -91,7 +96,10 @@ impl Outbox {
     pub fn close(&self, code: u16, message: impl Into<String>) {
         let mut inner = self.inner.lock();
         if inner.close.is_none() {
-            inner.close = Some(CloseReason { code, message: message.into() });
+            inner.close = Some(CloseReason {
+                code,
+                message: message.into(),
+            });
         }
         drop(inner);
         self.notify.notify_one();
@@ -169,8 +177,17 @@ mod tests {
         o.close(4100, "ignored");
         let mut out = Vec::new();
         let close = o.drain(&mut out);
-        assert_eq!(out, vec![Bytes::from_static(b"a"), Bytes::from_static(b"b")]);
-        assert_eq!(close, Some(CloseReason { code: 4200, message: "bye".into() }));
+        assert_eq!(
+            out,
+            vec![Bytes::from_static(b"a"), Bytes::from_static(b"b")]
+        );
+        assert_eq!(
+            close,
+            Some(CloseReason {
+                code: 4200,
+                message: "bye".into()
+            })
+        );
     }
 
     #[tokio::test]

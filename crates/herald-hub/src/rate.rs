@@ -14,7 +14,12 @@ impl TokenBucket {
     /// `per_sec` tokens a second, bursts up to the same number.
     pub fn new(per_sec: u32) -> Self {
         let per_sec = f64::from(per_sec.max(1));
-        TokenBucket { capacity: per_sec, per_sec, tokens: per_sec, last: Instant::now() }
+        TokenBucket {
+            capacity: per_sec,
+            per_sec,
+            tokens: per_sec,
+            last: Instant::now(),
+        }
     }
 
     /// Takes a token if one is left.

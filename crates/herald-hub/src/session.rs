@@ -33,16 +33,27 @@ pub struct Session {
 
 impl std::fmt::Debug for Session {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Session").field("socket_id", &self.conn.socket_id).finish_non_exhaustive()
+        f.debug_struct("Session")
+            .field("socket_id", &self.conn.socket_id)
+            .finish_non_exhaustive()
     }
 }
 
 impl Session {
     /// Starts a session and sends `pusher:connection_established`.
     pub fn start(hub: Arc<Hub>, conn: Arc<Connection>, activity_timeout_secs: u64) -> Self {
-        conn.send(server::connection_established(conn.socket_id, activity_timeout_secs));
+        conn.send(server::connection_established(
+            conn.socket_id,
+            activity_timeout_secs,
+        ));
         let rate = conn.app.client_event_rate;
-        Session { hub, conn, subscriptions: HashMap::new(), user: None, client_events: TokenBucket::new(rate) }
+        Session {
+            hub,
+            conn,
+            subscriptions: HashMap::new(),
+            user: None,
+            client_events: TokenBucket::new(rate),
+        }
     }
 
     pub fn connection(&self) -> &Arc<Connection> {
@@ -61,7 +72,8 @@ impl Session {
             Ok(msg) => self.on_message(msg).await,
             Err(e) => {
                 metrics::received("invalid");
-                self.conn.send_error(e.ws_code().map(ErrorCode::as_u16), &e.to_string());
+                self.conn
+                    .send_error(e.ws_code().map(ErrorCode::as_u16), &e.to_string());
             }
         }
     }
@@ -73,9 +85,16 @@ impl Session {
                 self.conn.send(server::pong());
             }
             ClientMessage::Pong => metrics::received("pong"),
-            ClientMessage::Subscribe { channel, auth, channel_data } => {
+            ClientMessage::Subscribe {
+                channel,
+                auth,
+                channel_data,
+            } => {
                 metrics::received("subscribe");
-                if let Err(e) = self.subscribe(&channel, auth.as_deref(), channel_data.as_deref()).await {
+                if let Err(e) = self
+                    .subscribe(&channel, auth.as_deref(), channel_data.as_deref())
+                    .await
+                {
                     self.subscription_failed(&channel, &e);
                 }
             }
@@ -86,13 +105,19 @@ impl Session {
             ClientMessage::Signin { auth, user_data } => {
                 metrics::received("signin");
                 if let Err(e) = self.signin(&auth, &user_data) {
-                    self.conn.send_error(e.ws_code().map(ErrorCode::as_u16), &e.to_string());
+                    self.conn
+                        .send_error(e.ws_code().map(ErrorCode::as_u16), &e.to_string());
                 }
             }
-            ClientMessage::ClientEvent { event, channel, data } => {
+            ClientMessage::ClientEvent {
+                event,
+                channel,
+                data,
+            } => {
                 metrics::received("client_event");
                 if let Err(e) = self.client_event(&event, &channel, &data).await {
-                    self.conn.send_error(e.ws_code().map(ErrorCode::as_u16), &e.to_string());
+                    self.conn
+                        .send_error(e.ws_code().map(ErrorCode::as_u16), &e.to_string());
                 }
             }
         }
@@ -100,23 +125,28 @@ impl Session {
 
     fn subscription_failed(&self, channel: &ChannelName, e: &SubscribeError) {
         let (kind, status, message) = match e {
-            SubscribeError::Protocol(p @ (ProtocolError::InvalidSignature { .. } | ProtocolError::AuthRequired(_))) => {
-                ("AuthError", 401, p.to_string())
-            }
+            SubscribeError::Protocol(
+                p @ (ProtocolError::InvalidSignature { .. } | ProtocolError::AuthRequired(_)),
+            ) => ("AuthError", 401, p.to_string()),
             SubscribeError::Protocol(p @ ProtocolError::AlreadySubscribed(_)) => {
                 // The existing subscription keeps working: no channel-scoped error.
                 self.conn.send_error(None, &p.to_string());
                 return;
             }
-            SubscribeError::Protocol(p @ (ProtocolError::PresenceFull(..) | ProtocolError::UserInfoTooLarge(..))) => {
-                ("LimitReached", 4100, p.to_string())
-            }
+            SubscribeError::Protocol(
+                p @ (ProtocolError::PresenceFull(..) | ProtocolError::UserInfoTooLarge(..)),
+            ) => ("LimitReached", 4100, p.to_string()),
             SubscribeError::Protocol(p) => ("ValidationError", 400, p.to_string()),
             SubscribeError::Forbidden(m) => ("AuthError", 403, m.clone()),
             SubscribeError::Bus(b) => ("ServerError", 503, b.to_string()),
         };
         self.conn.send_error(None, &message);
-        self.conn.send(server::subscription_error(channel.as_str(), kind, &message, status));
+        self.conn.send(server::subscription_error(
+            channel.as_str(),
+            kind,
+            &message,
+            status,
+        ));
     }
 
     async fn subscribe(
@@ -129,7 +159,8 @@ impl Session {
         if self.subscriptions.contains_key(channel) {
             if channel.kind() == ChannelKind::ServerToUser && self.is_own_user_channel(channel) {
                 // Joined implicitly at sign-in; pusher-js subscribes explicitly afterwards.
-                self.conn.send(server::subscription_succeeded(channel.as_str()));
+                self.conn
+                    .send(server::subscription_succeeded(channel.as_str()));
                 return Ok(());
             }
             return Err(ProtocolError::AlreadySubscribed(channel.to_string()).into());
@@ -151,11 +182,21 @@ impl Session {
             }
             ChannelKind::Private | ChannelKind::Encrypted => {
                 let auth = auth.ok_or_else(|| ProtocolError::AuthRequired(channel.to_string()))?;
-                verify_auth(&app.key, &app.secret, &channel_auth_input(socket_id, channel.as_str(), None), auth)?;
+                verify_auth(
+                    &app.key,
+                    &app.secret,
+                    &channel_auth_input(socket_id, channel.as_str(), None),
+                    auth,
+                )?;
             }
             ChannelKind::Presence => {
                 let auth = auth.ok_or_else(|| ProtocolError::AuthRequired(channel.to_string()))?;
-                verify_auth(&app.key, &app.secret, &channel_auth_input(socket_id, channel.as_str(), channel_data), auth)?;
+                verify_auth(
+                    &app.key,
+                    &app.secret,
+                    &channel_auth_input(socket_id, channel.as_str(), channel_data),
+                    auth,
+                )?;
                 presence_member = Some(match (channel_data, &self.user) {
                     (Some(data), _) => parse_channel_data(data, app.max_user_info_bytes)?,
                     (None, Some(user)) => Member { user_id: user.id.clone(), user_info: user.user_info.clone() },
@@ -172,29 +213,57 @@ impl Session {
         match presence_member {
             None => {
                 self.hub.add_subscriber(&self.conn, channel);
-                self.subscriptions.insert(channel.clone(), Subscription { presence_user: None });
-                self.conn.send(server::subscription_succeeded(channel.as_str()));
+                self.subscriptions.insert(
+                    channel.clone(),
+                    Subscription {
+                        presence_user: None,
+                    },
+                );
+                self.conn
+                    .send(server::subscription_succeeded(channel.as_str()));
             }
             Some(member) => {
                 let join = self
                     .hub
                     .bus()
-                    .presence_join(&app.id, channel, &member, socket_id, app.max_presence_members)
+                    .presence_join(
+                        &app.id,
+                        channel,
+                        &member,
+                        socket_id,
+                        app.max_presence_members,
+                    )
                     .await
                     .map_err(SubscribeError::Bus)?;
                 let (first, members) = match join {
                     PresenceJoin::Full => {
-                        return Err(ProtocolError::PresenceFull(channel.to_string(), app.max_presence_members).into())
+                        return Err(ProtocolError::PresenceFull(
+                            channel.to_string(),
+                            app.max_presence_members,
+                        )
+                        .into())
                     }
                     PresenceJoin::Joined { first, members } => (first, members),
                 };
                 self.hub.add_subscriber(&self.conn, channel);
                 metrics::presence_members(1.0);
-                self.subscriptions.insert(channel.clone(), Subscription { presence_user: Some(member.user_id.clone()) });
-                self.conn.send(server::presence_subscription_succeeded(channel.as_str(), &members));
+                self.subscriptions.insert(
+                    channel.clone(),
+                    Subscription {
+                        presence_user: Some(member.user_id.clone()),
+                    },
+                );
+                self.conn.send(server::presence_subscription_succeeded(
+                    channel.as_str(),
+                    &members,
+                ));
                 if first {
                     let frame = Bytes::from(server::member_added(channel.as_str(), &member));
-                    if let Err(e) = self.hub.publish(&app.id, channel, frame, Some(socket_id), now_us()).await {
+                    if let Err(e) = self
+                        .hub
+                        .publish(&app.id, channel, frame, Some(socket_id), now_us())
+                        .await
+                    {
                         tracing::warn!(app = %app.id, error = %e, "member_added not published");
                     }
                 }
@@ -221,10 +290,19 @@ impl Session {
         self.hub.remove_subscriber(&self.conn, channel);
         if let Some(user_id) = sub.presence_user {
             metrics::presence_members(-1.0);
-            match self.hub.bus().presence_leave(&app.id, channel, &user_id, self.conn.socket_id).await {
+            match self
+                .hub
+                .bus()
+                .presence_leave(&app.id, channel, &user_id, self.conn.socket_id)
+                .await
+            {
                 Ok(true) => {
                     let frame = Bytes::from(server::member_removed(channel.as_str(), &user_id));
-                    if let Err(e) = self.hub.publish(&app.id, channel, frame, None, now_us()).await {
+                    if let Err(e) = self
+                        .hub
+                        .publish(&app.id, channel, frame, None, now_us())
+                        .await
+                    {
                         tracing::warn!(app = %app.id, error = %e, "member_removed not published");
                     }
                 }
@@ -236,7 +314,12 @@ impl Session {
 
     fn signin(&mut self, auth: &str, user_data: &str) -> Result<(), ProtocolError> {
         let app = self.conn.app.clone();
-        verify_auth(&app.key, &app.secret, &user_auth_input(self.conn.socket_id, user_data), auth)?;
+        verify_auth(
+            &app.key,
+            &app.secret,
+            &user_auth_input(self.conn.socket_id, user_data),
+            auth,
+        )?;
         let user = parse_user_data(user_data, app.max_user_info_bytes)?;
         if let Some(current) = &self.user {
             if current.id != user.id {
@@ -250,19 +333,31 @@ impl Session {
         if self.user.is_none() {
             self.conn.set_user_id(Arc::from(user.id.as_str()));
             self.hub.add_subscriber(&self.conn, &channel);
-            self.subscriptions.insert(channel, Subscription { presence_user: None });
+            self.subscriptions.insert(
+                channel,
+                Subscription {
+                    presence_user: None,
+                },
+            );
         }
         self.user = Some(user);
         self.conn.send(server::signin_success(user_data));
         Ok(())
     }
 
-    async fn client_event(&mut self, event: &str, channel: &ChannelName, data: &str) -> Result<(), ProtocolError> {
+    async fn client_event(
+        &mut self,
+        event: &str,
+        channel: &ChannelName,
+        data: &str,
+    ) -> Result<(), ProtocolError> {
         let app = self.conn.app.clone();
         let reject = |why: String| Err(ProtocolError::ClientEventRejected(why));
         match channel.kind() {
             ChannelKind::Private | ChannelKind::Presence => {}
-            ChannelKind::Encrypted => return reject("client events are not supported on encrypted channels".into()),
+            ChannelKind::Encrypted => {
+                return reject("client events are not supported on encrypted channels".into())
+            }
             _ => return reject("only supported on private and presence channels".into()),
         }
         if !app.client_events {
@@ -272,14 +367,27 @@ impl Session {
             return reject(format!("not subscribed to channel {channel}"));
         };
         if data.len() > app.max_event_data_bytes {
-            return reject(format!("data is {} bytes, over the limit of {}", data.len(), app.max_event_data_bytes));
+            return reject(format!(
+                "data is {} bytes, over the limit of {}",
+                data.len(),
+                app.max_event_data_bytes
+            ));
         }
         if !self.client_events.try_take() {
             metrics::rate_limited(&app.id);
             return Err(ProtocolError::ClientEventRateLimited(app.client_event_rate));
         }
-        let frame = Bytes::from(server::channel_event(event, channel.as_str(), data, sub.presence_user.as_deref()));
-        if let Err(e) = self.hub.publish(&app.id, channel, frame, Some(self.conn.socket_id), now_us()).await {
+        let frame = Bytes::from(server::channel_event(
+            event,
+            channel.as_str(),
+            data,
+            sub.presence_user.as_deref(),
+        ));
+        if let Err(e) = self
+            .hub
+            .publish(&app.id, channel, frame, Some(self.conn.socket_id), now_us())
+            .await
+        {
             return reject(format!("the cluster bus is unavailable ({e})"));
         }
         Ok(())

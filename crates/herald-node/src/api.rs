@@ -28,7 +28,10 @@ pub struct ApiError {
 
 impl ApiError {
     fn new(status: u16, message: impl Into<String>) -> Self {
-        ApiError { status: StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_REQUEST), message: message.into() }
+        ApiError {
+            status: StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_REQUEST),
+            message: message.into(),
+        }
     }
 }
 
@@ -40,14 +43,20 @@ impl From<ProtocolError> for ApiError {
 
 impl From<BusError> for ApiError {
     fn from(e: BusError) -> Self {
-        ApiError::new(503, format!("Service unavailable: {e}. Nothing was published; retry later."))
+        ApiError::new(
+            503,
+            format!("Service unavailable: {e}. Nothing was published; retry later."),
+        )
     }
 }
 
 pub fn json_response(status: StatusCode, body: &Value) -> Response<Body> {
     let mut res = Response::new(Full::new(Bytes::from(body.to_string())));
     *res.status_mut() = status;
-    res.headers_mut().insert(hyper::header::CONTENT_TYPE, hyper::header::HeaderValue::from_static("application/json"));
+    res.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static("application/json"),
+    );
     res
 }
 
@@ -87,7 +96,9 @@ struct Route<'a> {
 }
 
 fn route<'a>(method: &Method, path: &'a str) -> Result<Route<'a>, ApiError> {
-    let rest = path.strip_prefix("/apps/").ok_or_else(|| ApiError::new(404, "Not found"))?;
+    let rest = path
+        .strip_prefix("/apps/")
+        .ok_or_else(|| ApiError::new(404, "Not found"))?;
     let parts: Vec<&str> = rest.split('/').collect();
     let decode = |s: &str| percent_decode(s);
     let (endpoint, name, want) = match parts.as_slice() {
@@ -96,13 +107,22 @@ fn route<'a>(method: &Method, path: &'a str) -> Result<Route<'a>, ApiError> {
         [_, "channels"] => (Endpoint::Channels, None, Method::GET),
         [_, "channels", name] => (Endpoint::Channel, Some(decode(name)), Method::GET),
         [_, "channels", name, "users"] => (Endpoint::Users, Some(decode(name)), Method::GET),
-        [_, "users", user, "terminate_connections"] => (Endpoint::Terminate, Some(decode(user)), Method::POST),
+        [_, "users", user, "terminate_connections"] => {
+            (Endpoint::Terminate, Some(decode(user)), Method::POST)
+        }
         _ => return Err(ApiError::new(404, format!("No API endpoint at {path}"))),
     };
     if *method != want {
-        return Err(ApiError::new(405, format!("{path} takes {want}, not {method}")));
+        return Err(ApiError::new(
+            405,
+            format!("{path} takes {want}, not {method}"),
+        ));
     }
-    Ok(Route { app_id: parts[0], endpoint, name })
+    Ok(Route {
+        app_id: parts[0],
+        endpoint,
+        name,
+    })
 }
 
 fn percent_decode(s: &str) -> String {
@@ -131,7 +151,10 @@ fn query_pairs(query: Option<&str>) -> Vec<(String, String)> {
                 .filter(|kv| !kv.is_empty())
                 .map(|kv| {
                     let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
-                    (percent_decode(&k.replace('+', " ")), percent_decode(&v.replace('+', " ")))
+                    (
+                        percent_decode(&k.replace('+', " ")),
+                        percent_decode(&v.replace('+', " ")),
+                    )
                 })
                 .collect()
         })
@@ -139,7 +162,10 @@ fn query_pairs(query: Option<&str>) -> Vec<(String, String)> {
 }
 
 fn param<'a>(query: &'a [(String, String)], name: &str) -> Option<&'a str> {
-    query.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+    query
+        .iter()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.as_str())
 }
 
 /// Handles one API request; every outcome is counted and timed.
@@ -152,7 +178,10 @@ pub async fn handle(node: Arc<Node>, req: Request<Incoming>) -> Response<Body> {
         Err(e) => (None, Err(e)),
         Ok(r) => {
             let endpoint = r.endpoint;
-            (Some(endpoint), handle_route(&node, r, req, arrived_us).await)
+            (
+                Some(endpoint),
+                handle_route(&node, r, req, arrived_us).await,
+            )
         }
     };
     let response = match result {
@@ -164,11 +193,20 @@ pub async fn handle(node: Arc<Node>, req: Request<Incoming>) -> Response<Body> {
             error_response(&e)
         }
     };
-    metrics::api_request(endpoint.map(Endpoint::label).unwrap_or("unknown"), response.status().as_u16(), started.elapsed().as_secs_f64());
+    metrics::api_request(
+        endpoint.map(Endpoint::label).unwrap_or("unknown"),
+        response.status().as_u16(),
+        started.elapsed().as_secs_f64(),
+    );
     response
 }
 
-async fn handle_route(node: &Node, route: Route<'_>, req: Request<Incoming>, arrived_us: u64) -> Result<Value, ApiError> {
+async fn handle_route(
+    node: &Node,
+    route: Route<'_>,
+    req: Request<Incoming>,
+    arrived_us: u64,
+) -> Result<Value, ApiError> {
     let app = node
         .hub
         .apps()
@@ -181,13 +219,37 @@ async fn handle_route(node: &Node, route: Route<'_>, req: Request<Incoming>, arr
     let limit = node.config.server.max_request_bytes;
     let body = match Limited::new(req.into_body(), limit).collect().await {
         Ok(b) => b.to_bytes(),
-        Err(e) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => {
-            return Err(ApiError::new(413, format!("Request body over the limit of {limit} bytes")))
+        Err(e)
+            if e.downcast_ref::<http_body_util::LengthLimitError>()
+                .is_some() =>
+        {
+            return Err(ApiError::new(
+                413,
+                format!("Request body over the limit of {limit} bytes"),
+            ))
         }
-        Err(e) => return Err(ApiError::new(400, format!("Could not read the request body: {e}"))),
+        Err(e) => {
+            return Err(ApiError::new(
+                400,
+                format!("Could not read the request body: {e}"),
+            ))
+        }
     };
-    let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
-    verify(&SignedRequest { method: &method, path: &path, query: &query, body: &body }, &app.key, &app.secret, now)?;
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    verify(
+        &SignedRequest {
+            method: &method,
+            path: &path,
+            query: &query,
+            body: &body,
+        },
+        &app.key,
+        &app.secret,
+        now,
+    )?;
 
     match route.endpoint {
         Endpoint::Events => {
@@ -197,7 +259,10 @@ async fn handle_route(node: &Node, route: Route<'_>, req: Request<Incoming>, arr
             if info.any() {
                 let mut channels = Map::new();
                 for ch in &publish.channels {
-                    channels.insert(ch.to_string(), Value::Object(channel_attrs(node, &app, ch, info).await?));
+                    channels.insert(
+                        ch.to_string(),
+                        Value::Object(channel_attrs(node, &app, ch, info).await?),
+                    );
                 }
                 Ok(json!({ "channels": channels }))
             } else {
@@ -229,10 +294,16 @@ async fn handle_route(node: &Node, route: Route<'_>, req: Request<Incoming>, arr
             let prefix = param(&query, "filter_by_prefix").unwrap_or("");
             let info = InfoAttrs::parse(param(&query, "info"))?;
             if info.cache {
-                return Err(ApiError::new(400, "info=cache is only available on a single channel"));
+                return Err(ApiError::new(
+                    400,
+                    "info=cache is only available on a single channel",
+                ));
             }
             if info.user_count && !prefix.starts_with("presence-") {
-                return Err(ApiError::new(400, "info=user_count requires filter_by_prefix=presence-"));
+                return Err(ApiError::new(
+                    400,
+                    "info=user_count requires filter_by_prefix=presence-",
+                ));
             }
             let mut channels = Map::new();
             for stats in node.hub.bus().channels(&app.id, prefix).await? {
@@ -263,7 +334,10 @@ async fn handle_route(node: &Node, route: Route<'_>, req: Request<Incoming>, arr
         Endpoint::Users => {
             let channel = ChannelName::parse(route.name.as_deref().unwrap_or(""))?;
             if channel.kind() != ChannelKind::Presence {
-                return Err(ApiError::new(400, format!("Users are only available for presence channels, not {channel}")));
+                return Err(ApiError::new(
+                    400,
+                    format!("Users are only available for presence channels, not {channel}"),
+                ));
             }
             let members = node.hub.bus().presence_members(&app.id, &channel).await?;
             let users: Vec<Value> = members.iter().map(|m| json!({ "id": m.user_id })).collect();
@@ -281,22 +355,42 @@ async fn handle_route(node: &Node, route: Route<'_>, req: Request<Incoming>, arr
 }
 
 /// Publishes one event to each of its channels.
-async fn trigger(node: &Node, app: &App, publish: &Publish, arrived_us: u64) -> Result<(), ApiError> {
+async fn trigger(
+    node: &Node,
+    app: &App,
+    publish: &Publish,
+    arrived_us: u64,
+) -> Result<(), ApiError> {
     if !node.hub.bus().is_ready() {
         return Err(BusError::Unavailable("not connected".into()).into());
     }
     for channel in &publish.channels {
-        let frame = Bytes::from(server::channel_event(&publish.name, channel.as_str(), &publish.data, None));
-        node.hub.publish(&app.id, channel, frame, publish.socket_id, arrived_us).await?;
+        let frame = Bytes::from(server::channel_event(
+            &publish.name,
+            channel.as_str(),
+            &publish.data,
+            None,
+        ));
+        node.hub
+            .publish(&app.id, channel, frame, publish.socket_id, arrived_us)
+            .await?;
     }
     Ok(())
 }
 
 /// The `info` attributes of one channel.
-async fn channel_attrs(node: &Node, app: &App, channel: &ChannelName, info: InfoAttrs) -> Result<Map<String, Value>, ApiError> {
+async fn channel_attrs(
+    node: &Node,
+    app: &App,
+    channel: &ChannelName,
+    info: InfoAttrs,
+) -> Result<Map<String, Value>, ApiError> {
     let mut attrs = Map::new();
     if info.subscription_count {
-        attrs.insert("subscription_count".into(), json!(node.hub.bus().subscription_count(&app.id, channel).await?));
+        attrs.insert(
+            "subscription_count".into(),
+            json!(node.hub.bus().subscription_count(&app.id, channel).await?),
+        );
     }
     if info.user_count && channel.kind() == ChannelKind::Presence {
         let members = node.hub.bus().presence_members(&app.id, channel).await?;
@@ -314,16 +408,31 @@ mod tests {
         let r = route(&Method::POST, "/apps/1/events").expect("ok");
         assert_eq!((r.app_id, r.endpoint), ("1", Endpoint::Events));
         let r = route(&Method::GET, "/apps/1/channels/presence-a/users").expect("ok");
-        assert_eq!((r.endpoint, r.name.as_deref()), (Endpoint::Users, Some("presence-a")));
+        assert_eq!(
+            (r.endpoint, r.name.as_deref()),
+            (Endpoint::Users, Some("presence-a"))
+        );
         let r = route(&Method::GET, "/apps/1/channels/%23server-to-user-1").expect("ok");
         assert_eq!(r.name.as_deref(), Some("#server-to-user-1"));
-        assert_eq!(route(&Method::GET, "/apps/1/events").err().map(|e| e.status.as_u16()), Some(405));
-        assert_eq!(route(&Method::GET, "/apps/1/nope").err().map(|e| e.status.as_u16()), Some(404));
+        assert_eq!(
+            route(&Method::GET, "/apps/1/events")
+                .err()
+                .map(|e| e.status.as_u16()),
+            Some(405)
+        );
+        assert_eq!(
+            route(&Method::GET, "/apps/1/nope")
+                .err()
+                .map(|e| e.status.as_u16()),
+            Some(404)
+        );
     }
 
     #[test]
     fn query_decoding() {
-        let q = query_pairs(Some("info=user_count%2Csubscription_count&filter_by_prefix=presence-&x"));
+        let q = query_pairs(Some(
+            "info=user_count%2Csubscription_count&filter_by_prefix=presence-&x",
+        ));
         assert_eq!(param(&q, "info"), Some("user_count,subscription_count"));
         assert_eq!(param(&q, "filter_by_prefix"), Some("presence-"));
         assert_eq!(param(&q, "x"), Some(""));

@@ -119,7 +119,10 @@ pub struct LogConfig {
 
 impl Default for LogConfig {
     fn default() -> Self {
-        LogConfig { format: "auto".into(), level: "info".into() }
+        LogConfig {
+            format: "auto".into(),
+            level: "info".into(),
+        }
     }
 }
 
@@ -222,10 +225,18 @@ fn reverb_layer(env: &dyn Fn(&str) -> Option<String>) -> ReverbLayer {
     let server = match (env("REVERB_SERVER_HOST"), env("REVERB_SERVER_PORT")) {
         (None, None) => None,
         (host, port) => Some(ReverbServer {
-            listen: format!("{}:{}", host.unwrap_or_else(|| "0.0.0.0".into()), port.unwrap_or_else(|| "8080".into())),
+            listen: format!(
+                "{}:{}",
+                host.unwrap_or_else(|| "0.0.0.0".into()),
+                port.unwrap_or_else(|| "8080".into())
+            ),
         }),
     };
-    let apps = match (env("REVERB_APP_ID"), env("REVERB_APP_KEY"), env("REVERB_APP_SECRET")) {
+    let apps = match (
+        env("REVERB_APP_ID"),
+        env("REVERB_APP_KEY"),
+        env("REVERB_APP_SECRET"),
+    ) {
         (Some(id), Some(key), Some(secret)) => Some(vec![AppConfig {
             id,
             key,
@@ -251,7 +262,8 @@ fn reverb_layer(env: &dyn Fn(&str) -> Option<String>) -> ReverbLayer {
 /// Builds the figment from the layers; `file` is the TOML file, if any.
 pub fn figment(file: Option<&Path>) -> Figment {
     let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
-    let mut fig = Figment::from(Serialized::defaults(Config::default())).merge(Serialized::defaults(reverb_layer(&env)));
+    let mut fig = Figment::from(Serialized::defaults(Config::default()))
+        .merge(Serialized::defaults(reverb_layer(&env)));
     if let Some(path) = file {
         fig = fig.merge(Toml::file_exact(path));
     }
@@ -274,14 +286,21 @@ pub fn load(file: Option<&Path>) -> Result<Config, String> {
 impl Config {
     /// Checks values serde cannot: addresses, drivers, duplicate apps.
     pub fn validate(&self) -> Result<(), String> {
-        self.server
-            .listen
-            .parse::<SocketAddr>()
-            .map_err(|e| format!("server.listen: {:?} is not HOST:PORT ({e})", self.server.listen))?;
+        self.server.listen.parse::<SocketAddr>().map_err(|e| {
+            format!(
+                "server.listen: {:?} is not HOST:PORT ({e})",
+                self.server.listen
+            )
+        })?;
         self.server
             .admin_listen
             .parse::<SocketAddr>()
-            .map_err(|e| format!("server.admin_listen: {:?} is not HOST:PORT ({e})", self.server.admin_listen))?;
+            .map_err(|e| {
+                format!(
+                    "server.admin_listen: {:?} is not HOST:PORT ({e})",
+                    self.server.admin_listen
+                )
+            })?;
         if self.server.activity_timeout == 0 {
             return Err("server.activity_timeout must be at least 1 (pusher-js refuses 0)".into());
         }
@@ -291,18 +310,29 @@ impl Config {
         match self.bus.driver.as_str() {
             "memory" => {}
             "redis" => {
-                if self.bus.url.is_none() && self.bus.cluster_urls.is_empty() && self.bus.sentinel_urls.is_empty() {
+                if self.bus.url.is_none()
+                    && self.bus.cluster_urls.is_empty()
+                    && self.bus.sentinel_urls.is_empty()
+                {
                     return Err("bus.url: the redis driver needs bus.url, bus.cluster_urls or bus.sentinel_urls".into());
                 }
                 if !self.bus.sentinel_urls.is_empty() && self.bus.sentinel_master.is_none() {
                     return Err("bus.sentinel_master: required with bus.sentinel_urls".into());
                 }
             }
-            other => return Err(format!("bus.driver: {other:?} is not one of \"memory\", \"redis\"")),
+            other => {
+                return Err(format!(
+                    "bus.driver: {other:?} is not one of \"memory\", \"redis\""
+                ))
+            }
         }
         match self.log.format.as_str() {
             "auto" | "text" | "json" => {}
-            other => return Err(format!("log.format: {other:?} is not one of \"auto\", \"text\", \"json\"")),
+            other => {
+                return Err(format!(
+                    "log.format: {other:?} is not one of \"auto\", \"text\", \"json\""
+                ))
+            }
         }
         let mut ids = std::collections::HashSet::new();
         let mut keys = std::collections::HashSet::new();
@@ -329,7 +359,11 @@ impl Config {
             std::env::var("HOSTNAME")
                 .ok()
                 .filter(|h| !h.is_empty())
-                .or_else(|| std::fs::read_to_string("/etc/hostname").ok().map(|h| h.trim().to_owned()))
+                .or_else(|| {
+                    std::fs::read_to_string("/etc/hostname")
+                        .ok()
+                        .map(|h| h.trim().to_owned())
+                })
                 .filter(|h| !h.is_empty())
                 .unwrap_or_else(|| "herald".into())
         })
@@ -344,7 +378,12 @@ impl Config {
         if let Some(url) = &mut copy.bus.url {
             *url = redact_url(url);
         }
-        for u in copy.bus.cluster_urls.iter_mut().chain(copy.bus.sentinel_urls.iter_mut()) {
+        for u in copy
+            .bus
+            .cluster_urls
+            .iter_mut()
+            .chain(copy.bus.sentinel_urls.iter_mut())
+        {
             *u = redact_url(u);
         }
         serde_json::to_string(&copy).unwrap_or_default()
@@ -359,6 +398,7 @@ fn redact_url(url: &str) -> String {
 }
 
 #[cfg(test)]
+#[allow(clippy::result_large_err)]
 mod tests {
     use super::*;
     use figment::Jail;
@@ -383,7 +423,13 @@ mod tests {
             assert_eq!(c.server.admin_listen, "127.0.0.1:7001");
             assert!(c.apps[0].client_events);
             jail.set_env("HERALD_SERVER__LISTEN", "127.0.0.1:7002");
-            assert_eq!(load(Some(Path::new("h.toml"))).expect("loads").server.listen, "127.0.0.1:7002");
+            assert_eq!(
+                load(Some(Path::new("h.toml")))
+                    .expect("loads")
+                    .server
+                    .listen,
+                "127.0.0.1:7002"
+            );
             Ok(())
         });
     }
@@ -391,10 +437,16 @@ mod tests {
     #[test]
     fn unknown_keys_are_named() {
         Jail::expect_with(|jail| {
-            jail.create_file("h.toml", "[server]\nlisten = \"127.0.0.1:7000\"\nlisten_port = 3\n")?;
+            jail.create_file(
+                "h.toml",
+                "[server]\nlisten = \"127.0.0.1:7000\"\nlisten_port = 3\n",
+            )?;
             let err = load(Some(Path::new("h.toml"))).expect_err("unknown key");
             assert!(err.contains("listen_port"), "{err}");
-            jail.create_file("a.toml", "[[apps]]\nid = \"1\"\nkey = \"k\"\nsecret = \"s\"\nclient_event = true\n")?;
+            jail.create_file(
+                "a.toml",
+                "[[apps]]\nid = \"1\"\nkey = \"k\"\nsecret = \"s\"\nclient_event = true\n",
+            )?;
             let err = load(Some(Path::new("a.toml"))).expect_err("unknown key");
             assert!(err.contains("client_event"), "{err}");
             Ok(())
@@ -423,9 +475,13 @@ mod tests {
     fn bad_values_are_named() {
         Jail::expect_with(|jail| {
             jail.create_file("h.toml", "[bus]\ndriver = \"kafka\"\n")?;
-            assert!(load(Some(Path::new("h.toml"))).expect_err("bad").contains("bus.driver"));
+            assert!(load(Some(Path::new("h.toml")))
+                .expect_err("bad")
+                .contains("bus.driver"));
             jail.create_file("l.toml", "[server]\nlisten = \"nope\"\n")?;
-            assert!(load(Some(Path::new("l.toml"))).expect_err("bad").contains("server.listen"));
+            assert!(load(Some(Path::new("l.toml")))
+                .expect_err("bad")
+                .contains("server.listen"));
             Ok(())
         });
     }
@@ -437,7 +493,10 @@ mod tests {
             id: "1".into(),
             key: "k".into(),
             secret: "topsecret".into(),
-            ..reverb_layer(&|k| Some(k.to_owned())).apps.expect("app").remove(0)
+            ..reverb_layer(&|k| Some(k.to_owned()))
+                .apps
+                .expect("app")
+                .remove(0)
         });
         c.bus.url = Some("redis://user:pw@host:6379".into());
         let r = c.redacted();

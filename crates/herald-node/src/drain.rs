@@ -39,10 +39,20 @@ pub async fn wait_for_signal() {
 pub async fn drain(node: &Node, tracker: &TaskTracker) {
     let started = Instant::now();
     let window = Duration::from_secs(node.config.server.drain_window);
-    let deadline = started + Duration::from_secs(node.config.server.drain_deadline.max(node.config.server.drain_window));
+    let deadline = started
+        + Duration::from_secs(
+            node.config
+                .server
+                .drain_deadline
+                .max(node.config.server.drain_window),
+        );
     node.start_draining();
     let mut conns = node.hub.connections();
-    tracing::info!(connections = conns.len(), window_secs = window.as_secs(), "draining");
+    tracing::info!(
+        connections = conns.len(),
+        window_secs = window.as_secs(),
+        "draining"
+    );
     // Random order, even spacing, jitter within each slot.
     let n = conns.len().max(1) as u32;
     let slot = window / n;
@@ -53,13 +63,21 @@ pub async fn drain(node: &Node, tracker: &TaskTracker) {
         }
     }
     for (i, conn) in conns.iter().enumerate() {
-        let jitter = if slot.is_zero() { Duration::ZERO } else { rand::rng().random_range(Duration::ZERO..slot) };
+        let jitter = if slot.is_zero() {
+            Duration::ZERO
+        } else {
+            rand::rng().random_range(Duration::ZERO..slot)
+        };
         tokio::time::sleep_until(started + slot * i as u32 + jitter).await;
-        conn.outbox.close(DRAIN_CODE, "Server is shutting down; reconnect");
+        conn.outbox
+            .close(DRAIN_CODE, "Server is shutting down; reconnect");
     }
     node.shutdown.cancel();
     tracker.close();
-    if tokio::time::timeout_at(deadline, tracker.wait()).await.is_err() {
+    if tokio::time::timeout_at(deadline, tracker.wait())
+        .await
+        .is_err()
+    {
         tracing::warn!("drain deadline reached with connections still open");
     }
     tracing::info!(elapsed_ms = started.elapsed().as_millis() as u64, "drained");

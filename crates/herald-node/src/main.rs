@@ -53,7 +53,12 @@ fn main() -> std::process::ExitCode {
         let path = file.clone().or(cli.config.clone());
         return match config::load(path.as_deref()) {
             Ok(c) => {
-                println!("configuration OK: {} app(s), listen {}, bus {}", c.apps.len(), c.server.listen, c.bus.driver);
+                println!(
+                    "configuration OK: {} app(s), listen {}, bus {}",
+                    c.apps.len(),
+                    c.server.listen,
+                    c.bus.driver
+                );
                 std::process::ExitCode::SUCCESS
             }
             Err(e) => {
@@ -70,7 +75,10 @@ fn main() -> std::process::ExitCode {
         }
     };
     init_tracing(&config);
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(r) => r,
         Err(e) => {
             eprintln!("cannot start the runtime: {e}");
@@ -89,13 +97,16 @@ fn main() -> std::process::ExitCode {
 
 fn init_tracing(config: &Config) {
     use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&config.log.level));
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&config.log.level));
     let json = match config.log.format.as_str() {
         "json" => true,
         "text" => false,
         _ => !std::io::stdout().is_terminal(),
     };
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_target(false);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_target(false);
     if json {
         builder.json().flatten_event(true).init();
     } else {
@@ -114,7 +125,10 @@ async fn run(mut config: Config) -> anyhow::Result<()> {
         });
     }
     let prometheus = metrics::install().context("installing the metrics recorder")?;
-    metrics::register_zeroes(&config.apps.iter().map(|a| a.id.clone()).collect::<Vec<_>>(), config.server.max_connections);
+    metrics::register_zeroes(
+        &config.apps.iter().map(|a| a.id.clone()).collect::<Vec<_>>(),
+        config.server.max_connections,
+    );
     tracing::info!(config = %config.redacted(), "starting");
 
     let node_id = config.node_id();
@@ -124,9 +138,18 @@ async fn run(mut config: Config) -> anyhow::Result<()> {
     };
     metrics::bus_connected(bus.is_ready());
     let apps = Apps::new(config.apps.iter().map(AppConfig::to_app));
-    let hub = Hub::new(HubConfig { node_id: node_id.clone(), outbox_bytes: config.server.outbound_queue_bytes }, apps, bus);
+    let hub = Hub::new(
+        HubConfig {
+            node_id: node_id.clone(),
+            outbox_bytes: config.server.outbound_queue_bytes,
+        },
+        apps,
+        bus,
+    );
 
-    let public = TcpListener::bind(&config.server.listen).await.with_context(|| format!("binding server.listen {}", config.server.listen))?;
+    let public = TcpListener::bind(&config.server.listen)
+        .await
+        .with_context(|| format!("binding server.listen {}", config.server.listen))?;
     let admin = TcpListener::bind(&config.server.admin_listen)
         .await
         .with_context(|| format!("binding server.admin_listen {}", config.server.admin_listen))?;
@@ -152,13 +175,10 @@ async fn run(mut config: Config) -> anyhow::Result<()> {
 
 fn toml_app_defaults() -> AppConfig {
     // The defaults a `[[apps]]` table gets for the keys it leaves out.
-    #[allow(clippy::expect_used)]
-    toml_defaults().expect("built-in app defaults parse")
-}
-
-fn toml_defaults() -> Result<AppConfig, figment::Error> {
     use figment::providers::Format;
-    figment::Figment::from(figment::providers::Toml::string("id = \"\"\nkey = \"\"\nsecret = \"\"")).extract()
+    let defaults = figment::Figment::from(figment::providers::Toml::string("id = \"\"\nkey = \"\"\nsecret = \"\""));
+    #[allow(clippy::expect_used)]
+    defaults.extract().expect("built-in app defaults parse")
 }
 
 fn print_demo(app: &AppConfig, public: std::net::SocketAddr, admin: std::net::SocketAddr) {

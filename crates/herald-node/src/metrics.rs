@@ -1,13 +1,16 @@
 //! The node's metrics: names, descriptions and the Prometheus recorder. The full list with
 //! meanings is in docs/operations.md. Labels are app ids and small enums only.
 
-use metrics::{counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram, Unit};
+use metrics::{
+    counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram, Unit,
+};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 /// Installs the global recorder and describes every metric.
 pub fn install() -> anyhow::Result<PrometheusHandle> {
     let latency_buckets = [
-        0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+        0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+        5.0,
     ];
     let handle = PrometheusBuilder::new()
         .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), &latency_buckets)?
@@ -17,38 +20,108 @@ pub fn install() -> anyhow::Result<PrometheusHandle> {
 }
 
 fn describe() {
-    describe_gauge!("herald_connections", "Open WebSocket connections on this node, by app");
-    describe_gauge!("herald_connections_limit", "Most connections this node accepts (server.max_connections)");
-    describe_counter!("herald_connections_opened_total", "WebSocket connections admitted, by app");
-    describe_counter!("herald_connections_closed_total", "WebSocket connections closed, by app and close code class");
-    describe_counter!("herald_connections_refused_total", "WebSocket connections refused at admission, by reason");
-    describe_gauge!("herald_subscriptions", "Channel subscriptions held by local connections");
-    describe_gauge!("herald_channels", "Channels with at least one local subscriber");
-    describe_gauge!("herald_presence_members", "Presence memberships held by local connections");
-    describe_counter!("herald_client_messages_received_total", "Frames received from clients, by kind");
-    describe_counter!("herald_messages_sent_total", "Channel messages queued to clients, by kind");
-    describe_counter!("herald_bytes_received_total", Unit::Bytes, "WebSocket payload bytes received");
-    describe_counter!("herald_bytes_sent_total", Unit::Bytes, "WebSocket bytes written");
-    describe_counter!("herald_api_requests_total", "HTTP API requests, by endpoint and status");
-    describe_histogram!("herald_api_request_duration_seconds", Unit::Seconds, "HTTP API request duration, by endpoint");
+    describe_gauge!(
+        "herald_connections",
+        "Open WebSocket connections on this node, by app"
+    );
+    describe_gauge!(
+        "herald_connections_limit",
+        "Most connections this node accepts (server.max_connections)"
+    );
+    describe_counter!(
+        "herald_connections_opened_total",
+        "WebSocket connections admitted, by app"
+    );
+    describe_counter!(
+        "herald_connections_closed_total",
+        "WebSocket connections closed, by app and close code class"
+    );
+    describe_counter!(
+        "herald_connections_refused_total",
+        "WebSocket connections refused at admission, by reason"
+    );
+    describe_gauge!(
+        "herald_subscriptions",
+        "Channel subscriptions held by local connections"
+    );
+    describe_gauge!(
+        "herald_channels",
+        "Channels with at least one local subscriber"
+    );
+    describe_gauge!(
+        "herald_presence_members",
+        "Presence memberships held by local connections"
+    );
+    describe_counter!(
+        "herald_client_messages_received_total",
+        "Frames received from clients, by kind"
+    );
+    describe_counter!(
+        "herald_messages_sent_total",
+        "Channel messages queued to clients, by kind"
+    );
+    describe_counter!(
+        "herald_bytes_received_total",
+        Unit::Bytes,
+        "WebSocket payload bytes received"
+    );
+    describe_counter!(
+        "herald_bytes_sent_total",
+        Unit::Bytes,
+        "WebSocket bytes written"
+    );
+    describe_counter!(
+        "herald_api_requests_total",
+        "HTTP API requests, by endpoint and status"
+    );
+    describe_histogram!(
+        "herald_api_request_duration_seconds",
+        Unit::Seconds,
+        "HTTP API request duration, by endpoint"
+    );
     describe_histogram!(
         "herald_publish_delivery_seconds",
         Unit::Seconds,
         "From a publish's arrival at its first node to its fan-out on each node"
     );
-    describe_counter!("herald_bus_messages_published_total", "Messages this node handed to the bus");
-    describe_counter!("herald_bus_messages_received_total", "Messages this node received from the bus");
+    describe_counter!(
+        "herald_bus_messages_published_total",
+        "Messages this node handed to the bus"
+    );
+    describe_counter!(
+        "herald_bus_messages_received_total",
+        "Messages this node received from the bus"
+    );
     describe_gauge!("herald_bus_topics", "Channel topics this node listens to");
-    describe_counter!("herald_bus_reconnects_total", "Reconnections of the bus to Redis");
-    describe_gauge!("herald_bus_connected", "1 when the bus is connected and its subscriptions restored");
-    describe_histogram!("herald_bus_lag_seconds", Unit::Seconds, "Publish-to-receive delay of bus messages");
-    describe_counter!("herald_slow_client_disconnects_total", "Connections closed (4100) for not reading fast enough");
-    describe_counter!("herald_client_events_rate_limited_total", "Client events refused with 4301");
+    describe_counter!(
+        "herald_bus_reconnects_total",
+        "Reconnections of the bus to Redis"
+    );
+    describe_gauge!(
+        "herald_bus_connected",
+        "1 when the bus is connected and its subscriptions restored"
+    );
+    describe_histogram!(
+        "herald_bus_lag_seconds",
+        Unit::Seconds,
+        "Publish-to-receive delay of bus messages"
+    );
+    describe_counter!(
+        "herald_slow_client_disconnects_total",
+        "Connections closed (4100) for not reading fast enough"
+    );
+    describe_counter!(
+        "herald_client_events_rate_limited_total",
+        "Client events refused with 4301"
+    );
     describe_gauge!("herald_ready", "1 when the node is ready for traffic");
     describe_gauge!("herald_draining", "1 while the node drains");
     describe_gauge!("herald_runtime_workers", "Tokio worker threads");
     describe_gauge!("herald_runtime_alive_tasks", "Tokio tasks alive");
-    describe_gauge!("herald_runtime_global_queue_depth", "Tasks waiting in Tokio's global queue");
+    describe_gauge!(
+        "herald_runtime_global_queue_depth",
+        "Tasks waiting in Tokio's global queue"
+    );
 }
 
 /// Registers every metric with a zero value so dashboards and alerts see them from the start.
@@ -101,7 +174,8 @@ pub fn closed(app: &str, code: Option<u16>) {
         Some(4200..=4299) => "reconnect",
         Some(_) => "other",
     };
-    counter!("herald_connections_closed_total", "app" => app.to_owned(), "code_class" => class).increment(1);
+    counter!("herald_connections_closed_total", "app" => app.to_owned(), "code_class" => class)
+        .increment(1);
 }
 
 pub fn refused(reason: &'static str) {
@@ -117,7 +191,8 @@ pub fn bytes_out(n: usize, _frames: usize) {
 }
 
 pub fn api_request(endpoint: &'static str, status: u16, seconds: f64) {
-    counter!("herald_api_requests_total", "endpoint" => endpoint, "status" => status.to_string()).increment(1);
+    counter!("herald_api_requests_total", "endpoint" => endpoint, "status" => status.to_string())
+        .increment(1);
     histogram!("herald_api_request_duration_seconds", "endpoint" => endpoint).record(seconds);
 }
 

@@ -23,7 +23,9 @@ pub struct Node {
 
 impl std::fmt::Debug for Node {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Node").field("open", &self.open).finish_non_exhaustive()
+        f.debug_struct("Node")
+            .field("open", &self.open)
+            .finish_non_exhaustive()
     }
 }
 
@@ -74,7 +76,10 @@ impl Node {
         self.open.fetch_add(1, Ordering::AcqRel);
         metrics::connection_gauge(app, 1.0);
         metrics::opened(app);
-        OpenGuard { node: self, app: app.to_owned() }
+        OpenGuard {
+            node: self,
+            app: app.to_owned(),
+        }
     }
 
     /// Ready to take traffic: not draining and the bus is serving.

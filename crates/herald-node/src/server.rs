@@ -33,22 +33,36 @@ fn query_param(req: &Request<Incoming>, name: &str) -> Option<String> {
     })
 }
 
-async fn route(node: Arc<Node>, tracker: TaskTracker, mut req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
+async fn route(
+    node: Arc<Node>,
+    tracker: TaskTracker,
+    mut req: Request<Incoming>,
+) -> Result<Response<Body>, Infallible> {
     let path = req.uri().path();
     if let Some(key) = path.strip_prefix("/app/") {
         if !fastwebsockets::upgrade::is_upgrade_request(&req) {
-            return Ok(text(StatusCode::UPGRADE_REQUIRED, "This endpoint takes WebSocket connections\n"));
+            return Ok(text(
+                StatusCode::UPGRADE_REQUIRED,
+                "This endpoint takes WebSocket connections\n",
+            ));
         }
         let hs = Handshake {
             app_key: key.trim_end_matches('/').to_owned(),
             protocol: query_param(&req, "protocol"),
-            origin: req.headers().get(hyper::header::ORIGIN).and_then(|o| o.to_str().ok()).map(str::to_owned),
+            origin: req
+                .headers()
+                .get(hyper::header::ORIGIN)
+                .and_then(|o| o.to_str().ok())
+                .map(str::to_owned),
         };
         let (response, upgrade) = match fastwebsockets::upgrade::upgrade(&mut req) {
             Ok(r) => r,
             Err(e) => {
                 tracing::debug!(error = %e, "bad WebSocket upgrade");
-                return Ok(text(StatusCode::BAD_REQUEST, "Invalid WebSocket upgrade request\n"));
+                return Ok(text(
+                    StatusCode::BAD_REQUEST,
+                    "Invalid WebSocket upgrade request\n",
+                ));
             }
         };
         tracker.spawn(async move {
@@ -65,7 +79,10 @@ async fn route(node: Arc<Node>, tracker: TaskTracker, mut req: Request<Incoming>
     }
     Ok(match path {
         "/" | "/up" => text(StatusCode::OK, "OK\n"),
-        _ => json_response(StatusCode::NOT_FOUND, &json!({ "error": format!("No route for {path}") })),
+        _ => json_response(
+            StatusCode::NOT_FOUND,
+            &json!({ "error": format!("No route for {path}") }),
+        ),
     })
 }
 
@@ -90,7 +107,9 @@ pub async fn serve_public(node: Arc<Node>, listener: TcpListener, tracker: TaskT
         let t = tracker.clone();
         tracker.spawn(async move {
             let service = service_fn(move |req| route(node.clone(), t.clone(), req));
-            let conn = http1::Builder::new().serve_connection(TokioIo::new(stream), service).with_upgrades();
+            let conn = http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service)
+                .with_upgrades();
             if let Err(e) = conn.await {
                 tracing::debug!(error = %e, "HTTP connection error");
             }
@@ -98,7 +117,11 @@ pub async fn serve_public(node: Arc<Node>, listener: TcpListener, tracker: TaskT
     }
 }
 
-async fn admin_route(node: Arc<Node>, prometheus: PrometheusHandle, req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
+async fn admin_route(
+    node: Arc<Node>,
+    prometheus: PrometheusHandle,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, Infallible> {
     Ok(match req.uri().path() {
         "/metrics" => {
             crate::metrics::runtime(&tokio::runtime::Handle::current());
@@ -113,7 +136,10 @@ async fn admin_route(node: Arc<Node>, prometheus: PrometheusHandle, req: Request
         "/healthz" => json_response(StatusCode::OK, &json!({ "status": "ok" })),
         "/readyz" => match node.readiness() {
             Ok(()) => json_response(StatusCode::OK, &json!({ "ready": true })),
-            Err(why) => json_response(StatusCode::SERVICE_UNAVAILABLE, &json!({ "ready": false, "reason": why })),
+            Err(why) => json_response(
+                StatusCode::SERVICE_UNAVAILABLE,
+                &json!({ "ready": false, "reason": why }),
+            ),
         },
         _ => text(StatusCode::NOT_FOUND, "Not found\n"),
     })
@@ -122,12 +148,16 @@ async fn admin_route(node: Arc<Node>, prometheus: PrometheusHandle, req: Request
 /// Serves the admin endpoints until the process exits.
 pub async fn serve_admin(node: Arc<Node>, listener: TcpListener, prometheus: PrometheusHandle) {
     loop {
-        let Ok((stream, _)) = listener.accept().await else { continue };
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
         let node = node.clone();
         let prometheus = prometheus.clone();
         tokio::spawn(async move {
             let service = service_fn(move |req| admin_route(node.clone(), prometheus.clone(), req));
-            let _ = http1::Builder::new().serve_connection(TokioIo::new(stream), service).await;
+            let _ = http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
         });
     }
 }

@@ -62,12 +62,19 @@ fn push_close(buf: &mut Vec<u8>, code: u16, reason: &str) {
 /// Checks the handshake and refuses it with the official code, or admits it.
 fn admit(node: &Node, hs: &Handshake) -> Result<Arc<herald_hub::App>, (u16, String, &'static str)> {
     if node.is_draining() {
-        return Err((ErrorCode::OverCapacity.as_u16(), "Server is shutting down; reconnect to another node".into(), "draining"));
+        return Err((
+            ErrorCode::OverCapacity.as_u16(),
+            "Server is shutting down; reconnect to another node".into(),
+            "draining",
+        ));
     }
     let Some(app) = node.hub.apps().by_key(&hs.app_key).cloned() else {
         return Err((
             ErrorCode::AppDoesNotExist.as_u16(),
-            format!("App key {} not in this cluster. Did you forget to specify the cluster?", hs.app_key),
+            format!(
+                "App key {} not in this cluster. Did you forget to specify the cluster?",
+                hs.app_key
+            ),
             "unknown_app",
         ));
     };
@@ -75,27 +82,51 @@ fn admit(node: &Node, hs: &Handshake) -> Result<Arc<herald_hub::App>, (u16, Stri
         match p.parse::<u32>() {
             Ok(v) if (4..=7).contains(&v) => {}
             Ok(v) => {
-                return Err((ErrorCode::UnsupportedProtocol.as_u16(), format!("Unsupported protocol version {v}"), "protocol"))
+                return Err((
+                    ErrorCode::UnsupportedProtocol.as_u16(),
+                    format!("Unsupported protocol version {v}"),
+                    "protocol",
+                ))
             }
             Err(_) => {
-                return Err((ErrorCode::InvalidVersion.as_u16(), format!("Invalid version string format {p:?}"), "protocol"))
+                return Err((
+                    ErrorCode::InvalidVersion.as_u16(),
+                    format!("Invalid version string format {p:?}"),
+                    "protocol",
+                ))
             }
         }
     }
     if !app.origin_allowed(hs.origin.as_deref()) {
-        return Err((ErrorCode::Unauthorized.as_u16(), "Origin not allowed".into(), "origin"));
+        return Err((
+            ErrorCode::Unauthorized.as_u16(),
+            "Origin not allowed".into(),
+            "origin",
+        ));
     }
     if node.open_connections() >= node.config.server.max_connections {
-        return Err((ErrorCode::OverCapacity.as_u16(), "Server is over its connection capacity".into(), "node_limit"));
+        return Err((
+            ErrorCode::OverCapacity.as_u16(),
+            "Server is over its connection capacity".into(),
+            "node_limit",
+        ));
     }
     if !node.take_handshake_token() {
-        return Err((ErrorCode::OverCapacity.as_u16(), "Too many new connections; retry shortly".into(), "handshake_rate"));
+        return Err((
+            ErrorCode::OverCapacity.as_u16(),
+            "Too many new connections; retry shortly".into(),
+            "handshake_rate",
+        ));
     }
     Ok(app)
 }
 
 /// Runs an upgraded connection to its end.
-pub async fn serve(node: Arc<Node>, ws: fastwebsockets::WebSocket<TokioIo<Upgraded>>, hs: Handshake) {
+pub async fn serve(
+    node: Arc<Node>,
+    ws: fastwebsockets::WebSocket<TokioIo<Upgraded>>,
+    hs: Handshake,
+) {
     let (read, write) = tokio::io::split(ws.into_inner());
     let app = match admit(&node, &hs) {
         Ok(app) => app,
@@ -106,18 +137,33 @@ pub async fn serve(node: Arc<Node>, ws: fastwebsockets::WebSocket<TokioIo<Upgrad
             return;
         }
     };
-    match node.hub.bus().connection_opened(&app.id, app.max_connections).await {
+    match node
+        .hub
+        .bus()
+        .connection_opened(&app.id, app.max_connections)
+        .await
+    {
         Ok(true) => {}
         Ok(false) => {
             metrics::refused("app_limit");
             tracing::info!(app = %app.id, code = 4004, "connection refused: app over connection quota");
-            refuse(write, ErrorCode::OverConnectionQuota.as_u16(), "Application is over connection quota").await;
+            refuse(
+                write,
+                ErrorCode::OverConnectionQuota.as_u16(),
+                "Application is over connection quota",
+            )
+            .await;
             return;
         }
         Err(e) => {
             metrics::refused("bus");
             tracing::warn!(app = %app.id, error = %e, "connection refused: bus unavailable");
-            refuse(write, ErrorCode::OverCapacity.as_u16(), "Server cannot reach its cluster bus; retry shortly").await;
+            refuse(
+                write,
+                ErrorCode::OverCapacity.as_u16(),
+                "Server cannot reach its cluster bus; retry shortly",
+            )
+            .await;
             return;
         }
     }
@@ -126,14 +172,30 @@ pub async fn serve(node: Arc<Node>, ws: fastwebsockets::WebSocket<TokioIo<Upgrad
     let conn = node.hub.connect(socket_id, app.clone());
     let _guard = node.connection_opened(&app.id);
     tracing::debug!(app = %app.id, %socket_id, "connection open");
-    let session = Session::start(node.hub.clone(), conn.clone(), node.config.server.activity_timeout);
+    let session = Session::start(
+        node.hub.clone(),
+        conn.clone(),
+        node.config.server.activity_timeout,
+    );
 
     let last_seen = Arc::new(AtomicU64::new(0));
     let started = Instant::now();
     let done = CancellationToken::new();
-    let writer = tokio::spawn(write_loop(node.clone(), conn.clone(), write, last_seen.clone(), started, done.clone()));
+    let writer = tokio::spawn(write_loop(
+        node.clone(),
+        conn.clone(),
+        write,
+        last_seen.clone(),
+        started,
+        done.clone(),
+    ));
 
-    let mut reader = fastwebsockets::after_handshake_split(read, tokio::io::sink(), fastwebsockets::Role::Server).0;
+    let mut reader = fastwebsockets::after_handshake_split(
+        read,
+        tokio::io::sink(),
+        fastwebsockets::Role::Server,
+    )
+    .0;
     reader.set_auto_close(false);
     reader.set_auto_pong(false);
     // fastwebsockets stops reading at its cap, leaving the rest unread (and the close frame may
@@ -142,7 +204,16 @@ pub async fn serve(node: Arc<Node>, ws: fastwebsockets::WebSocket<TokioIo<Upgrad
     let max_message = node.config.server.max_message_bytes;
     reader.set_max_message_size((max_message * 8).max(256 * 1024));
     let mut reader = FragmentCollectorRead::new(reader);
-    let session = read_loop(&mut reader, session, &conn, &last_seen, started, &done, max_message).await;
+    let session = read_loop(
+        &mut reader,
+        session,
+        &conn,
+        &last_seen,
+        started,
+        &done,
+        max_message,
+    )
+    .await;
 
     // The socket is done or the server closed it: leave channels, then let the writer finish.
     session.close().await;
@@ -174,7 +245,9 @@ async fn read_loop(
                 let (code, why) = match e {
                     WebSocketError::FrameTooLarge => (1009, "Message too big"),
                     WebSocketError::InvalidUTF8 => (1007, "Text frame is not valid UTF-8"),
-                    WebSocketError::UnexpectedEOF | WebSocketError::IoError(_) | WebSocketError::ConnectionClosed => break,
+                    WebSocketError::UnexpectedEOF
+                    | WebSocketError::IoError(_)
+                    | WebSocketError::ConnectionClosed => break,
                     _ => (1002, "WebSocket protocol error"),
                 };
                 conn.send_error(None, why);
@@ -185,15 +258,23 @@ async fn read_loop(
         last_seen.store(started.elapsed().as_millis() as u64, Ordering::Relaxed);
         metrics::bytes_in(frame.payload.len());
         if frame.payload.len() > max_message {
-            let why = format!("Message of {} bytes is over the limit of {max_message}", frame.payload.len());
+            let why = format!(
+                "Message of {} bytes is over the limit of {max_message}",
+                frame.payload.len()
+            );
             conn.send_error(None, &why);
             conn.outbox.close(1009, "Message too big");
             break;
         }
         match frame.opcode {
             OpCode::Text => session.on_text(frame.payload.to_mut()).await,
-            OpCode::Binary => conn.send_error(None, "Binary frames are not supported: send JSON in text frames"),
-            OpCode::Ping => conn.outbox.push_pong(Bytes::copy_from_slice(&frame.payload)),
+            OpCode::Binary => conn.send_error(
+                None,
+                "Binary frames are not supported: send JSON in text frames",
+            ),
+            OpCode::Ping => conn
+                .outbox
+                .push_pong(Bytes::copy_from_slice(&frame.payload)),
             OpCode::Close => {
                 conn.outbox.close(1000, "");
                 break;
@@ -236,7 +317,9 @@ async fn write_loop(
         if pinged_at.is_some_and(|at| now_seen > at) {
             pinged_at = None;
         }
-        let idle = started.elapsed().saturating_sub(Duration::from_millis(now_seen));
+        let idle = started
+            .elapsed()
+            .saturating_sub(Duration::from_millis(now_seen));
         for p in pongs.drain(..) {
             push_frame(&mut buf, Frame::pong(Payload::Borrowed(&p)));
         }
@@ -248,10 +331,16 @@ async fn write_loop(
         let close = match close {
             Some(c) => Some(c),
             None if pinged_at.is_some() && idle >= activity + pong_wait => {
-                Some(herald_hub::CloseReason { code: ErrorCode::PongNotReceived.as_u16(), message: "Pong reply not received".into() })
+                Some(herald_hub::CloseReason {
+                    code: ErrorCode::PongNotReceived.as_u16(),
+                    message: "Pong reply not received".into(),
+                })
             }
             None if pinged_at.is_none() && idle >= activity => {
-                push_frame(&mut buf, Frame::new(true, OpCode::Ping, None, Payload::Borrowed(b"")));
+                push_frame(
+                    &mut buf,
+                    Frame::new(true, OpCode::Ping, None, Payload::Borrowed(b"")),
+                );
                 pinged_at = Some(now_seen);
                 None
             }

@@ -19,7 +19,10 @@ async fn handshake_sends_socket_id_and_activity_timeout() {
     assert_eq!(d["activity_timeout"], 120);
     let sid = d["socket_id"].as_str().unwrap();
     let (a, b) = sid.split_once('.').unwrap();
-    assert!(a.bytes().all(|c| c.is_ascii_digit()) && b.bytes().all(|c| c.is_ascii_digit()), "{sid}");
+    assert!(
+        a.bytes().all(|c| c.is_ascii_digit()) && b.bytes().all(|c| c.is_ascii_digit()),
+        "{sid}"
+    );
     c.send(json!({"event":"pusher:ping","data":{}})).await;
     assert_eq!(c.recv().await["event"], "pusher:pong");
 }
@@ -41,12 +44,27 @@ async fn refused_connections_get_the_official_codes() {
     // Origin allowlist of app2 → 4009; an allowed origin connects.
     let mut c = Client::connect(h.port, "/app/key2?protocol=7", Some("https://evil.example")).await;
     assert_eq!(c.expect_close().await.0, 4009);
-    let mut ok1 = Client::connect(h.port, "/app/key2?protocol=7", Some("https://allowed.example")).await;
+    let mut ok1 = Client::connect(
+        h.port,
+        "/app/key2?protocol=7",
+        Some("https://allowed.example"),
+    )
+    .await;
     assert_eq!(ok1.recv().await["event"], "pusher:connection_established");
     // app2 allows 2 connections → the third gets 4004.
-    let mut ok2 = Client::connect(h.port, "/app/key2?protocol=7", Some("https://allowed.example")).await;
+    let mut ok2 = Client::connect(
+        h.port,
+        "/app/key2?protocol=7",
+        Some("https://allowed.example"),
+    )
+    .await;
     assert_eq!(ok2.recv().await["event"], "pusher:connection_established");
-    let mut over = Client::connect(h.port, "/app/key2?protocol=7", Some("https://allowed.example")).await;
+    let mut over = Client::connect(
+        h.port,
+        "/app/key2?protocol=7",
+        Some("https://allowed.example"),
+    )
+    .await;
     let (code, before) = over.expect_close().await;
     assert_eq!(code, 4004);
     assert_eq!(before[0]["data"]["code"], 4004);
@@ -54,7 +72,12 @@ async fn refused_connections_get_the_official_codes() {
     ok1.send_frame(Frame::close(1000, b"")).await;
     let _ = ok1.expect_close().await;
     tokio::time::sleep(Duration::from_millis(200)).await;
-    let mut again = Client::connect(h.port, "/app/key2?protocol=7", Some("https://allowed.example")).await;
+    let mut again = Client::connect(
+        h.port,
+        "/app/key2?protocol=7",
+        Some("https://allowed.example"),
+    )
+    .await;
     assert_eq!(again.recv().await["event"], "pusher:connection_established");
 }
 
@@ -73,20 +96,33 @@ async fn public_subscribe_publish_and_exclusion() {
     let mut b = h.client().await;
     for c in [&mut a, &mut b] {
         let ok = c.subscribe("news").await;
-        assert_eq!(ok, json!({"event":"pusher_internal:subscription_succeeded","channel":"news","data":"{}"}));
+        assert_eq!(
+            ok,
+            json!({"event":"pusher_internal:subscription_succeeded","channel":"news","data":"{}"})
+        );
     }
-    let (status, body) = h.api().trigger(&["news"], "update", r#"{"n":1}"#, None).await;
+    let (status, body) = h
+        .api()
+        .trigger(&["news"], "update", r#"{"n":1}"#, None)
+        .await;
     assert_eq!((status, body), (200, json!({})));
     for c in [&mut a, &mut b] {
-        assert_eq!(c.recv().await, json!({"event":"update","channel":"news","data":"{\"n\":1}"}));
+        assert_eq!(
+            c.recv().await,
+            json!({"event":"update","channel":"news","data":"{\"n\":1}"})
+        );
     }
     // socket_id exclusion: a does not get it, b does.
-    let (status, _) = h.api().trigger(&["news"], "update", "2", Some(&a.socket_id.clone())).await;
+    let (status, _) = h
+        .api()
+        .trigger(&["news"], "update", "2", Some(&a.socket_id.clone()))
+        .await;
     assert_eq!(status, 200);
     assert_eq!(b.recv().await["data"], "2");
     a.expect_silence(Duration::from_millis(300)).await;
     // Unsubscribe: nothing more arrives, and the server sends nothing back.
-    b.send(json!({"event":"pusher:unsubscribe","data":{"channel":"news"}})).await;
+    b.send(json!({"event":"pusher:unsubscribe","data":{"channel":"news"}}))
+        .await;
     b.expect_silence(Duration::from_millis(200)).await;
     h.api().trigger(&["news"], "update", "3", None).await;
     assert_eq!(a.recv().await["data"], "3");
@@ -97,7 +133,10 @@ async fn public_subscribe_publish_and_exclusion() {
 async fn private_channels_check_signatures() {
     let h = Herald::start().await;
     let mut a = h.client().await;
-    assert_eq!(a.subscribe_private("private-x").await["event"], "pusher_internal:subscription_succeeded");
+    assert_eq!(
+        a.subscribe_private("private-x").await["event"],
+        "pusher_internal:subscription_succeeded"
+    );
     // No auth, another socket's signature, another app's secret, another key.
     let mut b = h.client().await;
     let forged = [
@@ -107,7 +146,8 @@ async fn private_channels_check_signatures() {
         json!({"channel":"private-x","auth": format!("key2:{}", herald_protocol::signature::sign(SECRET, format!("{}:private-x", b.socket_id).as_bytes()))}),
     ];
     for data in forged {
-        b.send(json!({"event":"pusher:subscribe","data":data})).await;
+        b.send(json!({"event":"pusher:subscribe","data":data}))
+            .await;
         let err = b.recv().await;
         assert_eq!(err["event"], "pusher:error", "{err}");
         assert!(err["data"]["code"].is_null());
@@ -120,7 +160,10 @@ async fn private_channels_check_signatures() {
     h.api().trigger(&["private-x"], "e", "x", None).await;
     assert_eq!(a.recv().await["event"], "e");
     b.expect_silence(Duration::from_millis(200)).await;
-    assert_eq!(b.subscribe_private("private-x").await["event"], "pusher_internal:subscription_succeeded");
+    assert_eq!(
+        b.subscribe_private("private-x").await["event"],
+        "pusher_internal:subscription_succeeded"
+    );
 }
 
 #[tokio::test]
@@ -149,7 +192,10 @@ async fn presence_two_users_two_sockets_each() {
     for c in [&mut u1a, &mut u1b] {
         let added = c.recv().await;
         assert_eq!(added["event"], "pusher_internal:member_added");
-        assert_eq!(data(&added), json!({"user_id":"2","user_info":{"name":"user 2"}}));
+        assert_eq!(
+            data(&added),
+            json!({"user_id":"2","user_info":{"name":"user 2"}})
+        );
     }
     u2b.subscribe_presence(ch, "2").await;
     for c in [&mut u1a, &mut u1b, &mut u2a] {
@@ -157,16 +203,36 @@ async fn presence_two_users_two_sockets_each() {
     }
 
     // API view.
-    let (status, users) = h.api().call("GET", &format!("/channels/{ch}/users"), &[], "").await;
+    let (status, users) = h
+        .api()
+        .call("GET", &format!("/channels/{ch}/users"), &[], "")
+        .await;
     assert_eq!(status, 200);
-    let mut ids: Vec<String> = users["users"].as_array().unwrap().iter().map(|u| u["id"].as_str().unwrap().to_owned()).collect();
+    let mut ids: Vec<String> = users["users"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|u| u["id"].as_str().unwrap().to_owned())
+        .collect();
     ids.sort();
     assert_eq!(ids, vec!["1", "2"]);
-    let (_, info) = h.api().call("GET", &format!("/channels/{ch}"), &[("info", "user_count,subscription_count")], "").await;
-    assert_eq!(info, json!({"occupied":true,"user_count":2,"subscription_count":4}));
+    let (_, info) = h
+        .api()
+        .call(
+            "GET",
+            &format!("/channels/{ch}"),
+            &[("info", "user_count,subscription_count")],
+            "",
+        )
+        .await;
+    assert_eq!(
+        info,
+        json!({"occupied":true,"user_count":2,"subscription_count":4})
+    );
 
     // User 1 leaves one socket: nothing; then the last: member_removed once.
-    u1a.send(json!({"event":"pusher:unsubscribe","data":{"channel":ch}})).await;
+    u1a.send(json!({"event":"pusher:unsubscribe","data":{"channel":ch}}))
+        .await;
     for c in [&mut u2a, &mut u2b, &mut u1b] {
         c.expect_silence(Duration::from_millis(200)).await;
     }
@@ -198,17 +264,34 @@ async fn presence_limits() {
 
     // app3 caps presence channels at one user.
     let mut a = Client::connect(h.port, "/app/key3?protocol=7", None).await;
-    let sa = data(&a.recv().await)["socket_id"].as_str().unwrap().to_owned();
+    let sa = data(&a.recv().await)["socket_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
     let mut b = Client::connect(h.port, "/app/key3?protocol=7", None).await;
-    let sb = data(&b.recv().await)["socket_id"].as_str().unwrap().to_owned();
-    let sign = |sid: &str, d: &str| format!("key3:{}", herald_protocol::signature::sign("secret3", format!("{sid}:presence-a:{d}").as_bytes()));
+    let sb = data(&b.recv().await)["socket_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let sign = |sid: &str, d: &str| {
+        format!(
+            "key3:{}",
+            herald_protocol::signature::sign("secret3", format!("{sid}:presence-a:{d}").as_bytes())
+        )
+    };
     let d1 = r#"{"user_id":"1"}"#;
     a.send(json!({"event":"pusher:subscribe","data":{"channel":"presence-a","auth":sign(&sa,d1),"channel_data":d1}})).await;
-    assert_eq!(a.recv().await["event"], "pusher_internal:subscription_succeeded");
+    assert_eq!(
+        a.recv().await["event"],
+        "pusher_internal:subscription_succeeded"
+    );
     let d2 = r#"{"user_id":"2"}"#;
     b.send(json!({"event":"pusher:subscribe","data":{"channel":"presence-a","auth":sign(&sb,d2),"channel_data":d2}})).await;
     let err = b.recv().await;
-    assert!(err["data"]["message"].as_str().unwrap().contains("is full"), "{err}");
+    assert!(
+        err["data"]["message"].as_str().unwrap().contains("is full"),
+        "{err}"
+    );
     assert_eq!(b.recv().await["data"]["type"], "LimitReached");
 }
 
@@ -219,22 +302,34 @@ async fn client_events_rules() {
     let mut b = h.client().await;
     a.subscribe_private("private-chat").await;
     b.subscribe_private("private-chat").await;
-    a.send(json!({"event":"client-typing","channel":"private-chat","data":{"who":"a"}})).await;
-    assert_eq!(b.recv().await, json!({"event":"client-typing","channel":"private-chat","data":"{\"who\":\"a\"}"}));
+    a.send(json!({"event":"client-typing","channel":"private-chat","data":{"who":"a"}}))
+        .await;
+    assert_eq!(
+        b.recv().await,
+        json!({"event":"client-typing","channel":"private-chat","data":"{\"who\":\"a\"}"})
+    );
     a.expect_silence(Duration::from_millis(200)).await; // never echoed
 
     // Presence: user_id added.
     a.subscribe_presence("presence-chat", "alice").await;
     b.subscribe_presence("presence-chat", "bob").await;
     a.recv_event("pusher_internal:member_added").await;
-    b.send(json!({"event":"client-hi","channel":"presence-chat","data":"raw"})).await;
+    b.send(json!({"event":"client-hi","channel":"presence-chat","data":"raw"}))
+        .await;
     let got = a.recv().await;
-    assert_eq!(got, json!({"event":"client-hi","channel":"presence-chat","data":"raw","user_id":"bob"}));
+    assert_eq!(
+        got,
+        json!({"event":"client-hi","channel":"presence-chat","data":"raw","user_id":"bob"})
+    );
 
     // Public channel, not subscribed, encrypted, bad name: rejected with a clear error.
     a.subscribe("public").await;
     for (ev, ch, want) in [
-        ("client-x", "public", "only supported on private and presence"),
+        (
+            "client-x",
+            "public",
+            "only supported on private and presence",
+        ),
         ("client-x", "private-other", "not subscribed"),
         ("client-x", "private-encrypted-x", "encrypted"),
         ("typing", "private-chat", "must start with client-"),
@@ -242,16 +337,24 @@ async fn client_events_rules() {
         a.send(json!({"event":ev,"channel":ch,"data":{}})).await;
         let err = a.recv().await;
         assert_eq!(err["event"], "pusher:error");
-        assert!(err["data"]["message"].as_str().unwrap().contains(want), "{err}");
+        assert!(
+            err["data"]["message"].as_str().unwrap().contains(want),
+            "{err}"
+        );
     }
     // Data over 10 KB.
-    a.send(json!({"event":"client-big","channel":"private-chat","data":"x".repeat(10_241)})).await;
-    assert!(a.recv().await["data"]["message"].as_str().unwrap().contains("over the limit"));
+    a.send(json!({"event":"client-big","channel":"private-chat","data":"x".repeat(10_241)}))
+        .await;
+    assert!(a.recv().await["data"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("over the limit"));
     b.expect_silence(Duration::from_millis(200)).await;
 
     // Rate limit: 10 per second, then 4301 without closing.
     for i in 0..12 {
-        a.send(json!({"event":"client-n","channel":"private-chat","data":{"i":i}})).await;
+        a.send(json!({"event":"client-n","channel":"private-chat","data":{"i":i}}))
+            .await;
     }
     let mut limited = 0;
     for _ in 0..2 {
@@ -270,14 +373,36 @@ async fn client_events_rules() {
 #[tokio::test]
 async fn client_events_disabled_per_app() {
     let h = Herald::start().await;
-    let mut c = Client::connect(h.port, "/app/key2?protocol=7", Some("https://allowed.example")).await;
-    let sid = data(&c.recv().await)["socket_id"].as_str().unwrap().to_owned();
-    let a = format!("key2:{}", herald_protocol::signature::sign("secret2", format!("{sid}:private-a").as_bytes()));
-    c.send(json!({"event":"pusher:subscribe","data":{"channel":"private-a","auth":a}})).await;
-    assert_eq!(c.recv().await["event"], "pusher_internal:subscription_succeeded");
-    c.send(json!({"event":"client-x","channel":"private-a","data":{}})).await;
+    let mut c = Client::connect(
+        h.port,
+        "/app/key2?protocol=7",
+        Some("https://allowed.example"),
+    )
+    .await;
+    let sid = data(&c.recv().await)["socket_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let a = format!(
+        "key2:{}",
+        herald_protocol::signature::sign("secret2", format!("{sid}:private-a").as_bytes())
+    );
+    c.send(json!({"event":"pusher:subscribe","data":{"channel":"private-a","auth":a}}))
+        .await;
+    assert_eq!(
+        c.recv().await["event"],
+        "pusher_internal:subscription_succeeded"
+    );
+    c.send(json!({"event":"client-x","channel":"private-a","data":{}}))
+        .await;
     let err = c.recv().await;
-    assert!(err["data"]["message"].as_str().unwrap().contains("not enabled"), "{err}");
+    assert!(
+        err["data"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("not enabled"),
+        "{err}"
+    );
 }
 
 #[tokio::test]
@@ -291,20 +416,44 @@ async fn bad_input_gets_errors_and_others_keep_working() {
     let long_event = format!("client-{}", "e".repeat(200));
     let cases: Vec<(String, &str)> = vec![
         ("{not json".into(), "Invalid JSON"),
-        (r#"{"event":"pusher:bogus","data":{}}"#.into(), "Unsupported event"),
-        (r#"{"event":"pusher:subscribe","data":{"channel":42}}"#.into(), "must be a string"),
-        (r#"{"event":"pusher:subscribe","data":"[]"}"#.into(), "must be an object"),
+        (
+            r#"{"event":"pusher:bogus","data":{}}"#.into(),
+            "Unsupported event",
+        ),
+        (
+            r#"{"event":"pusher:subscribe","data":{"channel":42}}"#.into(),
+            "must be a string",
+        ),
+        (
+            r#"{"event":"pusher:subscribe","data":"[]"}"#.into(),
+            "must be an object",
+        ),
         (r#"{"event":["x"]}"#.into(), "Invalid message format"),
-        (json!({"event":"pusher:subscribe","data":{"channel":long_channel}}).to_string(), "over the limit of 200"),
-        (json!({"event":long_event,"channel":"private-a","data":{}}).to_string(), "over the limit of 200"),
-        (r#"{"event":"pusher:subscribe","data":{"channel":"dup"}}"#.into(), "Existing subscription to channel dup"),
-        (r##"{"event":"pusher:subscribe","data":{"channel":"#server-to-user-1"}}"##.into(), "not signed in"),
+        (
+            json!({"event":"pusher:subscribe","data":{"channel":long_channel}}).to_string(),
+            "over the limit of 200",
+        ),
+        (
+            json!({"event":long_event,"channel":"private-a","data":{}}).to_string(),
+            "over the limit of 200",
+        ),
+        (
+            r#"{"event":"pusher:subscribe","data":{"channel":"dup"}}"#.into(),
+            "Existing subscription to channel dup",
+        ),
+        (
+            r##"{"event":"pusher:subscribe","data":{"channel":"#server-to-user-1"}}"##.into(),
+            "not signed in",
+        ),
     ];
     for (input, want) in cases {
         c.send_text(&input).await;
         let err = c.recv().await;
         assert_eq!(err["event"], "pusher:error", "{input}: {err}");
-        assert!(err["data"]["message"].as_str().unwrap().contains(want), "{input}: {err}");
+        assert!(
+            err["data"]["message"].as_str().unwrap().contains(want),
+            "{input}: {err}"
+        );
         // A channel-scoped error may follow for subscription failures.
         if let common::Event::Text(v) = c.next_within(Duration::from_millis(100)).await {
             assert_eq!(v["event"], "pusher:subscription_error", "{v}");
@@ -312,17 +461,30 @@ async fn bad_input_gets_errors_and_others_keep_working() {
     }
     // Binary frames: an error, the connection stays.
     c.send_frame(Frame::binary(Payload::Borrowed(b"{}"))).await;
-    assert!(c.recv().await["data"]["message"].as_str().unwrap().contains("Binary frames"));
+    assert!(c.recv().await["data"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("Binary frames"));
     c.send(json!({"event":"pusher:ping","data":{}})).await;
     assert_eq!(c.recv().await["event"], "pusher:pong");
 
     // Invalid UTF-8 → close 1007.
     let mut u = h.client().await;
-    u.send_frame(Frame::new(true, OpCode::Text, None, Payload::Borrowed(&[0x7b, 0xff, 0xfe, 0x7d]))).await;
+    u.send_frame(Frame::new(
+        true,
+        OpCode::Text,
+        None,
+        Payload::Borrowed(&[0x7b, 0xff, 0xfe, 0x7d]),
+    ))
+    .await;
     assert_eq!(u.expect_close().await.0, 1007);
     // A message over the limit (32 KiB) → close 1009.
     let mut big = h.client().await;
-    big.send_text(&format!(r#"{{"event":"client-x","channel":"private-a","data":"{}"}}"#, "x".repeat(40_000))).await;
+    big.send_text(&format!(
+        r#"{{"event":"client-x","channel":"private-a","data":"{}"}}"#,
+        "x".repeat(40_000)
+    ))
+    .await;
     assert_eq!(big.expect_close().await.0, 1009);
 
     // The bystander still gets its messages.
@@ -336,15 +498,29 @@ async fn silent_client_is_pinged_then_closed_with_4201() {
     // A client that answers protocol pings stays; one that does not is closed with 4201 after
     // activity + pong timeout.
     let mut alive = h.client().await;
-    let mut silent = Client::connect_with(h.port, &format!("/app/{KEY}?protocol=7"), None, false).await;
-    assert_eq!(silent.recv().await["event"], "pusher:connection_established");
+    let mut silent =
+        Client::connect_with(h.port, &format!("/app/{KEY}?protocol=7"), None, false).await;
+    assert_eq!(
+        silent.recv().await["event"],
+        "pusher:connection_established"
+    );
     let started = std::time::Instant::now();
-    let (closed, alive_saw) = tokio::join!(silent.expect_close(), alive.next_within(Duration::from_millis(3500)));
+    let (closed, alive_saw) = tokio::join!(
+        silent.expect_close(),
+        alive.next_within(Duration::from_millis(3500))
+    );
     let (code, before) = closed;
     assert_eq!(code, 4201);
     assert_eq!(before.last().unwrap()["data"]["code"], 4201);
-    assert!(started.elapsed() >= Duration::from_millis(1500), "{:?}", started.elapsed());
-    assert!(matches!(alive_saw, common::Event::Timeout), "the responsive client should stay open: {alive_saw:?}");
+    assert!(
+        started.elapsed() >= Duration::from_millis(1500),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(
+        matches!(alive_saw, common::Event::Timeout),
+        "the responsive client should stay open: {alive_saw:?}"
+    );
 }
 
 #[tokio::test]
@@ -374,7 +550,10 @@ async fn sigterm_drains_with_4200() {
     }
     times.sort();
     // Spread over the window, not all at once.
-    assert!(times[times.len() - 1] - times[0] >= Duration::from_millis(400), "{times:?}");
+    assert!(
+        times[times.len() - 1] - times[0] >= Duration::from_millis(400),
+        "{times:?}"
+    );
     let mut h = h;
     let status = tokio::task::spawn_blocking(move || {
         let s = h.child.wait();

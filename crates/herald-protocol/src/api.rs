@@ -2,7 +2,9 @@
 
 use serde::Deserialize;
 
-use crate::{ChannelKind, ChannelName, ProtocolError, SocketId, MAX_EVENT_DATA_BYTES, MAX_EVENT_NAME_LEN};
+use crate::{
+    ChannelKind, ChannelName, ProtocolError, SocketId, MAX_EVENT_DATA_BYTES, MAX_EVENT_NAME_LEN,
+};
 
 /// Most channels one trigger may name.
 pub const MAX_TRIGGER_CHANNELS: usize = 100;
@@ -20,7 +22,12 @@ pub struct InfoAttrs {
 impl InfoAttrs {
     pub fn parse(list: Option<&str>) -> Result<Self, ProtocolError> {
         let mut attrs = InfoAttrs::default();
-        for attr in list.unwrap_or("").split(',').map(str::trim).filter(|a| !a.is_empty()) {
+        for attr in list
+            .unwrap_or("")
+            .split(',')
+            .map(str::trim)
+            .filter(|a| !a.is_empty())
+        {
             match attr {
                 "user_count" => attrs.user_count = true,
                 "subscription_count" => attrs.subscription_count = true,
@@ -48,7 +55,9 @@ impl InfoAttrs {
             )));
         }
         if self.cache && !channel.is_cache() {
-            return Err(ProtocolError::BadRequest(format!("info=cache is only available for cache channels, not {channel}")));
+            return Err(ProtocolError::BadRequest(format!(
+                "info=cache is only available for cache channels, not {channel}"
+            )));
         }
         Ok(())
     }
@@ -85,14 +94,20 @@ fn bad(msg: impl Into<String>) -> ProtocolError {
 
 fn parse_json<T: for<'de> Deserialize<'de>>(body: &[u8]) -> Result<T, ProtocolError> {
     let mut buf = body.to_vec();
-    simd_json::serde::from_slice(&mut buf).map_err(|e| bad(format!("Request body is not valid JSON for this endpoint: {e}")))
+    simd_json::serde::from_slice(&mut buf).map_err(|e| {
+        bad(format!(
+            "Request body is not valid JSON for this endpoint: {e}"
+        ))
+    })
 }
 
 impl RawEvent {
     fn validate(self, max_data_bytes: usize) -> Result<Publish, ProtocolError> {
         let name = self.name.ok_or_else(|| bad("Missing event name (name)"))?;
         if name.is_empty() || name.len() > MAX_EVENT_NAME_LEN {
-            return Err(bad(format!("Event name must be 1 to {MAX_EVENT_NAME_LEN} characters long")));
+            return Err(bad(format!(
+                "Event name must be 1 to {MAX_EVENT_NAME_LEN} characters long"
+            )));
         }
         let data = match self.data {
             Some(simd_json::OwnedValue::String(s)) => s,
@@ -111,15 +126,31 @@ impl RawEvent {
             return Err(bad("channels must name at least one channel"));
         }
         if names.len() > MAX_TRIGGER_CHANNELS {
-            return Err(bad(format!("Too many channels: {} given, at most {MAX_TRIGGER_CHANNELS}", names.len())));
+            return Err(bad(format!(
+                "Too many channels: {} given, at most {MAX_TRIGGER_CHANNELS}",
+                names.len()
+            )));
         }
-        let channels = names.iter().map(|n| ChannelName::parse(n)).collect::<Result<Vec<_>, _>>()?;
+        let channels = names
+            .iter()
+            .map(|n| ChannelName::parse(n))
+            .collect::<Result<Vec<_>, _>>()?;
         if channels.len() > 1 && channels.iter().any(|c| c.kind() == ChannelKind::Encrypted) {
             return Err(bad("Cannot trigger to several channels when one is an encrypted channel (private-encrypted-)"));
         }
-        let socket_id = self.socket_id.filter(|s| !s.is_empty()).map(|s| s.parse::<SocketId>()).transpose()?;
+        let socket_id = self
+            .socket_id
+            .filter(|s| !s.is_empty())
+            .map(|s| s.parse::<SocketId>())
+            .transpose()?;
         let info = InfoAttrs::parse(self.info.as_deref())?;
-        Ok(Publish { name, data, channels, socket_id, info })
+        Ok(Publish {
+            name,
+            data,
+            channels,
+            socket_id,
+            info,
+        })
     }
 }
 
@@ -131,11 +162,19 @@ pub fn parse_trigger(body: &[u8], max_data_bytes: usize) -> Result<Publish, Prot
 /// Parses the body of `POST /apps/{id}/batch_events`: each item names one `channel`.
 pub fn parse_batch(body: &[u8], max_data_bytes: usize) -> Result<Vec<Publish>, ProtocolError> {
     let raw: RawBatch = parse_json(body)?;
-    let items = raw.batch.ok_or_else(|| bad("Missing batch: the body must be {\"batch\": [...]}"))?;
+    let items = raw
+        .batch
+        .ok_or_else(|| bad("Missing batch: the body must be {\"batch\": [...]}"))?;
     if items.len() > MAX_BATCH_EVENTS {
-        return Err(bad(format!("Batch too large: {} events given, at most {MAX_BATCH_EVENTS}", items.len())));
+        return Err(bad(format!(
+            "Batch too large: {} events given, at most {MAX_BATCH_EVENTS}",
+            items.len()
+        )));
     }
-    items.into_iter().map(|e| e.validate(max_data_bytes)).collect()
+    items
+        .into_iter()
+        .map(|e| e.validate(max_data_bytes))
+        .collect()
 }
 
 /// The default data limit, exported for configuration defaults.
@@ -154,16 +193,36 @@ mod tests {
         assert!(p.info.user_count);
         let p = parse_trigger(br#"{"name":"e","data":"x","channel":"a"}"#, 10240).expect("ok");
         assert_eq!(p.channels[0].as_str(), "a");
-        assert!(parse_trigger(br##"{"name":"e","data":"x","channel":"#server-to-user-7"}"##, 10240).is_ok());
+        assert!(parse_trigger(
+            br##"{"name":"e","data":"x","channel":"#server-to-user-7"}"##,
+            10240
+        )
+        .is_ok());
     }
 
     #[test]
     fn trigger_errors_map_to_statuses() {
-        let too_big = format!(r#"{{"name":"e","data":"{}","channel":"a"}}"#, "x".repeat(10241));
-        assert_eq!(parse_trigger(too_big.as_bytes(), 10240).unwrap_err().http_status(), 413);
+        let too_big = format!(
+            r#"{{"name":"e","data":"{}","channel":"a"}}"#,
+            "x".repeat(10241)
+        );
+        assert_eq!(
+            parse_trigger(too_big.as_bytes(), 10240)
+                .unwrap_err()
+                .http_status(),
+            413
+        );
         let many: Vec<String> = (0..101).map(|i| format!("\"c{i}\"")).collect();
-        let many = format!(r#"{{"name":"e","data":"x","channels":[{}]}}"#, many.join(","));
-        assert_eq!(parse_trigger(many.as_bytes(), 10240).unwrap_err().http_status(), 400);
+        let many = format!(
+            r#"{{"name":"e","data":"x","channels":[{}]}}"#,
+            many.join(",")
+        );
+        assert_eq!(
+            parse_trigger(many.as_bytes(), 10240)
+                .unwrap_err()
+                .http_status(),
+            400
+        );
         for body in [
             "nope",
             r#"{"data":"x","channel":"a"}"#,
@@ -177,19 +236,38 @@ mod tests {
             r#"{"name":"e","data":"x","channels":["private-encrypted-a","b"]}"#,
             r#"{"name":"e","data":"x","channels":"a"}"#,
         ] {
-            assert_eq!(parse_trigger(body.as_bytes(), 10240).unwrap_err().http_status(), 400, "{body}");
+            assert_eq!(
+                parse_trigger(body.as_bytes(), 10240)
+                    .unwrap_err()
+                    .http_status(),
+                400,
+                "{body}"
+            );
         }
-        let long_name = format!(r#"{{"name":"{}","data":"x","channel":"a"}}"#, "e".repeat(201));
-        assert_eq!(parse_trigger(long_name.as_bytes(), 10240).unwrap_err().http_status(), 400);
+        let long_name = format!(
+            r#"{{"name":"{}","data":"x","channel":"a"}}"#,
+            "e".repeat(201)
+        );
+        assert_eq!(
+            parse_trigger(long_name.as_bytes(), 10240)
+                .unwrap_err()
+                .http_status(),
+            400
+        );
     }
 
     #[test]
     fn batch_limits() {
         let item = r#"{"name":"e","data":"x","channel":"a"}"#;
-        let ok = format!(r#"{{"batch":[{}]}}"#, vec![item; 10].join(","));
+        let ok = format!(r#"{{"batch":[{}]}}"#, [item; 10].join(","));
         assert_eq!(parse_batch(ok.as_bytes(), 10240).expect("ok").len(), 10);
-        let over = format!(r#"{{"batch":[{}]}}"#, vec![item; 11].join(","));
-        assert_eq!(parse_batch(over.as_bytes(), 10240).unwrap_err().http_status(), 400);
+        let over = format!(r#"{{"batch":[{}]}}"#, [item; 11].join(","));
+        assert_eq!(
+            parse_batch(over.as_bytes(), 10240)
+                .unwrap_err()
+                .http_status(),
+            400
+        );
         assert_eq!(parse_batch(b"{}", 10240).unwrap_err().http_status(), 400);
     }
 
@@ -200,7 +278,12 @@ mod tests {
         let uc = InfoAttrs::parse(Some("user_count")).expect("ok");
         assert!(uc.check_for(&presence).is_ok());
         assert_eq!(uc.check_for(&public).unwrap_err().http_status(), 400);
-        assert!(InfoAttrs::parse(Some("cache")).expect("ok").check_for(&public).is_err());
-        assert!(InfoAttrs::parse(Some("subscription_count,user_count")).expect("ok").any());
+        assert!(InfoAttrs::parse(Some("cache"))
+            .expect("ok")
+            .check_for(&public)
+            .is_err());
+        assert!(InfoAttrs::parse(Some("subscription_count,user_count"))
+            .expect("ok")
+            .any());
     }
 }

@@ -25,7 +25,10 @@ pub enum ChannelKind {
 impl ChannelKind {
     /// Whether subscribing needs a signature.
     pub fn needs_auth(self) -> bool {
-        matches!(self, ChannelKind::Private | ChannelKind::Encrypted | ChannelKind::Presence)
+        matches!(
+            self,
+            ChannelKind::Private | ChannelKind::Encrypted | ChannelKind::Presence
+        )
     }
 }
 
@@ -54,7 +57,9 @@ impl ChannelName {
             Some(user) if !user.is_empty() => user,
             Some(_) => return Err(invalid("names no user")),
             None if name.starts_with('#') => {
-                return Err(invalid("starts with '#', which is reserved for #server-to-user- channels"))
+                return Err(invalid(
+                    "starts with '#', which is reserved for #server-to-user- channels",
+                ))
             }
             None => name,
         };
@@ -156,7 +161,16 @@ mod tests {
     fn validates_charset_and_length() {
         assert!(ChannelName::parse("a-Z_0=@,.;").is_ok());
         assert!(ChannelName::parse(&"a".repeat(200)).is_ok());
-        for bad in ["", "a b", "a/b", "é", "#other", "#server-to-user-", "a\"b", "a\0"] {
+        for bad in [
+            "",
+            "a b",
+            "a/b",
+            "é",
+            "#other",
+            "#server-to-user-",
+            "a\"b",
+            "a\0",
+        ] {
             assert!(ChannelName::parse(bad).is_err(), "{bad:?}");
         }
         let long = ChannelName::parse(&"a".repeat(201)).unwrap_err();
@@ -168,6 +182,9 @@ mod tests {
         let c = ChannelName::server_to_user("42").expect("valid");
         assert_eq!(c.as_str(), "#server-to-user-42");
         assert_eq!(c.server_to_user_id(), Some("42"));
-        assert_eq!(ChannelName::parse("x").expect("valid").server_to_user_id(), None);
+        assert_eq!(
+            ChannelName::parse("x").expect("valid").server_to_user_id(),
+            None
+        );
     }
 }

@@ -15,10 +15,23 @@ use crate::{ChannelName, ProtocolError, MAX_EVENT_NAME_LEN};
 pub enum ClientMessage {
     Ping,
     Pong,
-    Subscribe { channel: ChannelName, auth: Option<String>, channel_data: Option<String> },
-    Unsubscribe { channel: ChannelName },
-    Signin { auth: String, user_data: String },
-    ClientEvent { event: String, channel: ChannelName, data: String },
+    Subscribe {
+        channel: ChannelName,
+        auth: Option<String>,
+        channel_data: Option<String>,
+    },
+    Unsubscribe {
+        channel: ChannelName,
+    },
+    Signin {
+        auth: String,
+        user_data: String,
+    },
+    ClientEvent {
+        event: String,
+        channel: ChannelName,
+        data: String,
+    },
 }
 
 #[derive(Deserialize)]
@@ -33,13 +46,20 @@ struct Envelope {
 impl ClientMessage {
     /// Decodes one text frame. simd-json parses in place, so the buffer is scratch afterwards.
     pub fn decode(frame: &mut [u8]) -> Result<Self, ProtocolError> {
-        let value = simd_json::to_owned_value(frame).map_err(|e| ProtocolError::InvalidJson(e.to_string()))?;
+        let value = simd_json::to_owned_value(frame)
+            .map_err(|e| ProtocolError::InvalidJson(e.to_string()))?;
         if !value.is_object() {
-            return Err(ProtocolError::InvalidMessage("a frame must be a JSON object".into()));
+            return Err(ProtocolError::InvalidMessage(
+                "a frame must be a JSON object".into(),
+            ));
         }
-        let envelope: Envelope =
-            simd_json::serde::from_owned_value(value).map_err(|e| ProtocolError::InvalidMessage(e.to_string()))?;
-        let Envelope { event, channel, data } = envelope;
+        let envelope: Envelope = simd_json::serde::from_owned_value(value)
+            .map_err(|e| ProtocolError::InvalidMessage(e.to_string()))?;
+        let Envelope {
+            event,
+            channel,
+            data,
+        } = envelope;
         if event.len() > MAX_EVENT_NAME_LEN {
             return Err(ProtocolError::InvalidEventName(format!(
                 "event name is {} characters long, over the limit of {MAX_EVENT_NAME_LEN}",
@@ -59,7 +79,9 @@ impl ClientMessage {
             }
             "pusher:unsubscribe" => {
                 let data = object_data(data, &event)?;
-                Ok(ClientMessage::Unsubscribe { channel: ChannelName::parse(&required_str(&data, "channel", &event)?)? })
+                Ok(ClientMessage::Unsubscribe {
+                    channel: ChannelName::parse(&required_str(&data, "channel", &event)?)?,
+                })
             }
             "pusher:signin" => {
                 let data = object_data(data, &event)?;
@@ -68,9 +90,9 @@ impl ClientMessage {
                     user_data: required_str(&data, "user_data", &event)?,
                 })
             }
-            e if e.starts_with("pusher:") || e.starts_with("pusher_internal:") => {
-                Err(ProtocolError::UnknownEvent(format!("{e} is not an event a client may send")))
-            }
+            e if e.starts_with("pusher:") || e.starts_with("pusher_internal:") => Err(
+                ProtocolError::UnknownEvent(format!("{e} is not an event a client may send")),
+            ),
             e if e.starts_with("client-") => {
                 let channel = channel.ok_or_else(|| {
                     ProtocolError::InvalidMessage(format!("client event {e} names no channel"))
@@ -79,10 +101,15 @@ impl ClientMessage {
                 let data = match data {
                     None | Some(OwnedValue::Static(simd_json::StaticNode::Null)) => "{}".to_owned(),
                     Some(OwnedValue::String(s)) => s,
-                    Some(other) => simd_json::to_string(&other)
-                        .map_err(|err| ProtocolError::InvalidMessage(format!("client event data: {err}")))?,
+                    Some(other) => simd_json::to_string(&other).map_err(|err| {
+                        ProtocolError::InvalidMessage(format!("client event data: {err}"))
+                    })?,
                 };
-                Ok(ClientMessage::ClientEvent { event, channel, data })
+                Ok(ClientMessage::ClientEvent {
+                    event,
+                    channel,
+                    data,
+                })
             }
             e => Err(ProtocolError::ClientEventRejected(format!(
                 "event names sent by clients must start with client- (got {e:?})"
@@ -96,33 +123,46 @@ fn object_data(data: Option<OwnedValue>, event: &str) -> Result<OwnedValue, Prot
     let value = match data {
         Some(OwnedValue::String(s)) => {
             let mut bytes = s.into_bytes();
-            simd_json::to_owned_value(&mut bytes)
-                .map_err(|e| ProtocolError::InvalidMessage(format!("{event} data is a string that is not JSON: {e}")))?
+            simd_json::to_owned_value(&mut bytes).map_err(|e| {
+                ProtocolError::InvalidMessage(format!(
+                    "{event} data is a string that is not JSON: {e}"
+                ))
+            })?
         }
         Some(v) => v,
-        None => return Err(ProtocolError::InvalidMessage(format!("{event} needs a data object"))),
+        None => {
+            return Err(ProtocolError::InvalidMessage(format!(
+                "{event} needs a data object"
+            )))
+        }
     };
     if value.is_object() {
         Ok(value)
     } else {
-        Err(ProtocolError::InvalidMessage(format!("{event} data must be an object")))
+        Err(ProtocolError::InvalidMessage(format!(
+            "{event} data must be an object"
+        )))
     }
 }
 
-fn optional_str(data: &OwnedValue, field: &str, event: &str) -> Result<Option<String>, ProtocolError> {
+fn optional_str(
+    data: &OwnedValue,
+    field: &str,
+    event: &str,
+) -> Result<Option<String>, ProtocolError> {
     match data.get(field) {
         None => Ok(None),
         Some(v) if v.is_null() => Ok(None),
-        Some(v) => v
-            .as_str()
-            .map(|s| Some(s.to_owned()))
-            .ok_or_else(|| ProtocolError::InvalidMessage(format!("{event} field {field} must be a string"))),
+        Some(v) => v.as_str().map(|s| Some(s.to_owned())).ok_or_else(|| {
+            ProtocolError::InvalidMessage(format!("{event} field {field} must be a string"))
+        }),
     }
 }
 
 fn required_str(data: &OwnedValue, field: &str, event: &str) -> Result<String, ProtocolError> {
-    optional_str(data, field, event)?
-        .ok_or_else(|| ProtocolError::InvalidMessage(format!("{event} needs a string field {field}")))
+    optional_str(data, field, event)?.ok_or_else(|| {
+        ProtocolError::InvalidMessage(format!("{event} needs a string field {field}"))
+    })
 }
 
 #[cfg(test)]
@@ -135,11 +175,21 @@ mod tests {
 
     #[test]
     fn decodes_what_pusher_js_sends() {
-        assert_eq!(decode(r#"{"event":"pusher:ping","data":{}}"#), Ok(ClientMessage::Ping));
-        assert_eq!(decode(r#"{"event":"pusher:pong","data":{}}"#), Ok(ClientMessage::Pong));
+        assert_eq!(
+            decode(r#"{"event":"pusher:ping","data":{}}"#),
+            Ok(ClientMessage::Ping)
+        );
+        assert_eq!(
+            decode(r#"{"event":"pusher:pong","data":{}}"#),
+            Ok(ClientMessage::Pong)
+        );
         assert_eq!(
             decode(r#"{"event":"pusher:subscribe","data":{"channel":"my-channel","auth":""}}"#),
-            Ok(ClientMessage::Subscribe { channel: ChannelName::parse("my-channel").expect("ok"), auth: None, channel_data: None })
+            Ok(ClientMessage::Subscribe {
+                channel: ChannelName::parse("my-channel").expect("ok"),
+                auth: None,
+                channel_data: None
+            })
         );
         let presence = r#"{"event":"pusher:subscribe","data":{"auth":"k:abc","channel_data":"{\"user_id\":\"1\"}","channel":"presence-x"}}"#;
         assert_eq!(
@@ -151,12 +201,19 @@ mod tests {
             })
         );
         assert_eq!(
-            decode(r#"{"event":"pusher:signin","data":{"auth":"k:abc","user_data":"{\"id\":\"1\"}"}}"#),
-            Ok(ClientMessage::Signin { auth: "k:abc".into(), user_data: r#"{"id":"1"}"#.into() })
+            decode(
+                r#"{"event":"pusher:signin","data":{"auth":"k:abc","user_data":"{\"id\":\"1\"}"}}"#
+            ),
+            Ok(ClientMessage::Signin {
+                auth: "k:abc".into(),
+                user_data: r#"{"id":"1"}"#.into()
+            })
         );
         assert_eq!(
             decode(r#"{"event":"pusher:unsubscribe","data":{"channel":"private-x"}}"#),
-            Ok(ClientMessage::Unsubscribe { channel: ChannelName::parse("private-x").expect("ok") })
+            Ok(ClientMessage::Unsubscribe {
+                channel: ChannelName::parse("private-x").expect("ok")
+            })
         );
     }
 
@@ -164,14 +221,19 @@ mod tests {
     fn accepts_data_as_a_json_string() {
         assert_eq!(
             decode(r#"{"event":"pusher:subscribe","data":"{\"channel\":\"a\"}"}"#),
-            Ok(ClientMessage::Subscribe { channel: ChannelName::parse("a").expect("ok"), auth: None, channel_data: None })
+            Ok(ClientMessage::Subscribe {
+                channel: ChannelName::parse("a").expect("ok"),
+                auth: None,
+                channel_data: None
+            })
         );
     }
 
     #[test]
     fn client_event_data_becomes_a_string() {
         let ClientMessage::ClientEvent { data, event, .. } =
-            decode(r#"{"event":"client-typing","channel":"private-x","data":{"a":1}}"#).expect("ok")
+            decode(r#"{"event":"client-typing","channel":"private-x","data":{"a":1}}"#)
+                .expect("ok")
         else {
             panic!("not a client event")
         };
@@ -193,22 +255,49 @@ mod tests {
             (r#"{"data":{}}"#, "Invalid message format"),
             (r#"{"event":5}"#, "Invalid message format"),
             (r#"{"event":"pusher:subscribe"}"#, "needs a data object"),
-            (r#"{"event":"pusher:subscribe","data":{"channel":5}}"#, "must be a string"),
+            (
+                r#"{"event":"pusher:subscribe","data":{"channel":5}}"#,
+                "must be a string",
+            ),
             (r#"{"event":"pusher:subscribe","data":"nope"}"#, "not JSON"),
-            (r#"{"event":"pusher:subscribe","data":[1]}"#, "must be an object"),
-            (r#"{"event":"pusher:subscribe","data":{"channel":"a b"}}"#, "Invalid channel name"),
+            (
+                r#"{"event":"pusher:subscribe","data":[1]}"#,
+                "must be an object",
+            ),
+            (
+                r#"{"event":"pusher:subscribe","data":{"channel":"a b"}}"#,
+                "Invalid channel name",
+            ),
             (r#"{"event":"pusher:bogus","data":{}}"#, "Unsupported event"),
-            (r#"{"event":"pusher_internal:member_added","data":{}}"#, "Unsupported event"),
+            (
+                r#"{"event":"pusher_internal:member_added","data":{}}"#,
+                "Unsupported event",
+            ),
             (r#"{"event":"client-x","data":{}}"#, "names no channel"),
-            (r#"{"event":"hello","channel":"private-a","data":{}}"#, "must start with client-"),
+            (
+                r#"{"event":"hello","channel":"private-a","data":{}}"#,
+                "must start with client-",
+            ),
         ];
         for (input, expected) in cases {
             let err = decode(input).expect_err(input);
             assert!(err.to_string().contains(expected), "{input}: {err}");
         }
-        let long = format!(r#"{{"event":"client-{}","channel":"private-a","data":{{}}}}"#, "x".repeat(200));
-        assert!(matches!(decode(&long), Err(ProtocolError::InvalidEventName(_))));
-        let long_channel = format!(r#"{{"event":"pusher:subscribe","data":{{"channel":"{}"}}}}"#, "x".repeat(201));
-        assert!(matches!(decode(&long_channel), Err(ProtocolError::InvalidChannelName(_))));
+        let long = format!(
+            r#"{{"event":"client-{}","channel":"private-a","data":{{}}}}"#,
+            "x".repeat(200)
+        );
+        assert!(matches!(
+            decode(&long),
+            Err(ProtocolError::InvalidEventName(_))
+        ));
+        let long_channel = format!(
+            r#"{{"event":"pusher:subscribe","data":{{"channel":"{}"}}}}"#,
+            "x".repeat(201)
+        );
+        assert!(matches!(
+            decode(&long_channel),
+            Err(ProtocolError::InvalidChannelName(_))
+        ));
     }
 }

@@ -43,7 +43,9 @@ pub enum ProtocolError {
     InvalidSocketId(String),
     #[error("Auth info required to subscribe to {0}")]
     AuthRequired(String),
-    #[error("Invalid signature: Expected HMAC SHA256 hex digest of {expected_input}, but got {got}")]
+    #[error(
+        "Invalid signature: Expected HMAC SHA256 hex digest of {expected_input}, but got {got}"
+    )]
     InvalidSignature { expected_input: String, got: String },
     #[error("Invalid channel_data: {0}")]
     InvalidChannelData(String),

@@ -15,16 +15,24 @@ pub struct Member {
     pub user_info: Option<String>,
 }
 
-fn parse_object(text: &str, what: fn(String) -> ProtocolError) -> Result<OwnedValue, ProtocolError> {
+fn parse_object(
+    text: &str,
+    what: fn(String) -> ProtocolError,
+) -> Result<OwnedValue, ProtocolError> {
     let mut bytes = text.as_bytes().to_vec();
-    let value = simd_json::to_owned_value(&mut bytes).map_err(|e| what(format!("not JSON: {e}")))?;
+    let value =
+        simd_json::to_owned_value(&mut bytes).map_err(|e| what(format!("not JSON: {e}")))?;
     if !value.is_object() {
         return Err(what("must be a JSON object".into()));
     }
     Ok(value)
 }
 
-fn user_info(value: &OwnedValue, max_bytes: usize, what: fn(String) -> ProtocolError) -> Result<Option<String>, ProtocolError> {
+fn user_info(
+    value: &OwnedValue,
+    max_bytes: usize,
+    what: fn(String) -> ProtocolError,
+) -> Result<Option<String>, ProtocolError> {
     match value.get("user_info") {
         None => Ok(None),
         Some(v) if v.is_null() => Ok(None),
@@ -43,7 +51,9 @@ fn check_user_id(id: &str, what: fn(String) -> ProtocolError) -> Result<(), Prot
         return Err(what("user id is empty".into()));
     }
     if id.chars().count() > MAX_USER_ID_LEN {
-        return Err(what(format!("user id is over {MAX_USER_ID_LEN} characters")));
+        return Err(what(format!(
+            "user id is over {MAX_USER_ID_LEN} characters"
+        )));
     }
     Ok(())
 }
@@ -58,7 +68,10 @@ pub fn parse_channel_data(text: &str, max_user_info_bytes: usize) -> Result<Memb
         _ => return Err(what("user_id must be a string or a number".into())),
     };
     check_user_id(&user_id, what)?;
-    Ok(Member { user_id, user_info: user_info(&value, max_user_info_bytes, what)? })
+    Ok(Member {
+        user_id,
+        user_info: user_info(&value, max_user_info_bytes, what)?,
+    })
 }
 
 /// Sign-in `user_data`: `id` (non-empty string), optional `user_info` and `watchlist`.
@@ -77,7 +90,8 @@ pub fn parse_user_data(text: &str, max_user_info_bytes: usize) -> Result<UserDat
         _ => return Err(what("id must be a non-empty string".into())),
     };
     check_user_id(&id, what)?;
-    crate::ChannelName::server_to_user(&id).map_err(|_| what("id has characters outside A-Z a-z 0-9 _ - = @ , . ;".into()))?;
+    crate::ChannelName::server_to_user(&id)
+        .map_err(|_| what("id has characters outside A-Z a-z 0-9 _ - = @ , . ;".into()))?;
     let watchlist = match value.get("watchlist") {
         None => Vec::new(),
         Some(v) if v.is_null() => Vec::new(),
@@ -85,10 +99,18 @@ pub fn parse_user_data(text: &str, max_user_info_bytes: usize) -> Result<UserDat
             .as_array()
             .ok_or_else(|| what("watchlist must be an array of user ids".into()))?
             .iter()
-            .map(|id| id.as_str().map(str::to_owned).ok_or_else(|| what("watchlist entries must be strings".into())))
+            .map(|id| {
+                id.as_str()
+                    .map(str::to_owned)
+                    .ok_or_else(|| what("watchlist entries must be strings".into()))
+            })
             .collect::<Result<_, _>>()?,
     };
-    Ok(UserData { id, user_info: user_info(&value, max_user_info_bytes, what)?, watchlist })
+    Ok(UserData {
+        id,
+        user_info: user_info(&value, max_user_info_bytes, what)?,
+        watchlist,
+    })
 }
 
 #[cfg(test)]
@@ -97,30 +119,63 @@ mod tests {
 
     #[test]
     fn channel_data_with_string_or_number_ids() {
-        let m = parse_channel_data(r#"{"user_id":"7","user_info":{"name":"A"}}"#, 1024).expect("ok");
-        assert_eq!(m, Member { user_id: "7".into(), user_info: Some(r#"{"name":"A"}"#.into()) });
+        let m =
+            parse_channel_data(r#"{"user_id":"7","user_info":{"name":"A"}}"#, 1024).expect("ok");
+        assert_eq!(
+            m,
+            Member {
+                user_id: "7".into(),
+                user_info: Some(r#"{"name":"A"}"#.into())
+            }
+        );
         let m = parse_channel_data(r#"{"user_id":10}"#, 1024).expect("ok");
-        assert_eq!(m, Member { user_id: "10".into(), user_info: None });
+        assert_eq!(
+            m,
+            Member {
+                user_id: "10".into(),
+                user_info: None
+            }
+        );
     }
 
     #[test]
     fn channel_data_errors() {
-        for bad in ["", "[]", "{}", r#"{"user_id":""}"#, r#"{"user_id":true}"#, r#"{"user_id":null}"#] {
+        for bad in [
+            "",
+            "[]",
+            "{}",
+            r#"{"user_id":""}"#,
+            r#"{"user_id":true}"#,
+            r#"{"user_id":null}"#,
+        ] {
             assert!(parse_channel_data(bad, 1024).is_err(), "{bad}");
         }
         let long_id = format!(r#"{{"user_id":"{}"}}"#, "x".repeat(129));
         assert!(parse_channel_data(&long_id, 1024).is_err());
         let big = format!(r#"{{"user_id":"1","user_info":"{}"}}"#, "x".repeat(1100));
-        assert!(matches!(parse_channel_data(&big, 1024), Err(ProtocolError::UserInfoTooLarge(..))));
+        assert!(matches!(
+            parse_channel_data(&big, 1024),
+            Err(ProtocolError::UserInfoTooLarge(..))
+        ));
     }
 
     #[test]
     fn user_data() {
-        let u = parse_user_data(r#"{"id":"12345","user_info":{"n":1},"watchlist":["1","2"]}"#, 1024).expect("ok");
+        let u = parse_user_data(
+            r#"{"id":"12345","user_info":{"n":1},"watchlist":["1","2"]}"#,
+            1024,
+        )
+        .expect("ok");
         assert_eq!(u.id, "12345");
         assert_eq!(u.user_info.as_deref(), Some(r#"{"n":1}"#));
         assert_eq!(u.watchlist, vec!["1", "2"]);
-        for bad in [r#"{"id":12}"#, r#"{"id":""}"#, r#"{"name":"x"}"#, r#"{"id":"a b"}"#, r#"{"id":"1","watchlist":"x"}"#] {
+        for bad in [
+            r#"{"id":12}"#,
+            r#"{"id":""}"#,
+            r#"{"name":"x"}"#,
+            r#"{"id":"a b"}"#,
+            r#"{"id":"1","watchlist":"x"}"#,
+        ] {
             assert!(parse_user_data(bad, 1024).is_err(), "{bad}");
         }
     }

@@ -17,9 +17,20 @@ struct Frame<'a, D: Serialize> {
     user_id: Option<&'a str>,
 }
 
-fn encode<D: Serialize>(event: &str, channel: Option<&str>, data: D, user_id: Option<&str>) -> Vec<u8> {
+fn encode<D: Serialize>(
+    event: &str,
+    channel: Option<&str>,
+    data: D,
+    user_id: Option<&str>,
+) -> Vec<u8> {
     // Serialising plain strings and integers into a Vec cannot fail.
-    serde_json::to_vec(&Frame { event, channel, data, user_id }).unwrap_or_default()
+    serde_json::to_vec(&Frame {
+        event,
+        channel,
+        data,
+        user_id,
+    })
+    .unwrap_or_default()
 }
 
 fn json_string(s: &str) -> String {
@@ -27,7 +38,8 @@ fn json_string(s: &str) -> String {
 }
 
 pub fn connection_established(socket_id: SocketId, activity_timeout_secs: u64) -> Vec<u8> {
-    let data = format!(r#"{{"socket_id":"{socket_id}","activity_timeout":{activity_timeout_secs}}}"#);
+    let data =
+        format!(r#"{{"socket_id":"{socket_id}","activity_timeout":{activity_timeout_secs}}}"#);
     encode("pusher:connection_established", None, data, None)
 }
 
@@ -53,7 +65,16 @@ struct SubscriptionErrorData<'a> {
 /// A channel-scoped `pusher:subscription_error`, which pusher-js and laravel-echo route to the
 /// channel's `error` handlers.
 pub fn subscription_error(channel: &str, kind: &str, error: &str, status: u16) -> Vec<u8> {
-    encode("pusher:subscription_error", Some(channel), SubscriptionErrorData { kind, error, status }, None)
+    encode(
+        "pusher:subscription_error",
+        Some(channel),
+        SubscriptionErrorData {
+            kind,
+            error,
+            status,
+        },
+        None,
+    )
 }
 
 pub fn pong() -> Vec<u8> {
@@ -65,7 +86,12 @@ pub fn ping() -> Vec<u8> {
 }
 
 pub fn subscription_succeeded(channel: &str) -> Vec<u8> {
-    encode("pusher_internal:subscription_succeeded", Some(channel), "{}", None)
+    encode(
+        "pusher_internal:subscription_succeeded",
+        Some(channel),
+        "{}",
+        None,
+    )
 }
 
 /// Presence `subscription_succeeded` with `ids`, `hash` and `count`.
@@ -85,20 +111,36 @@ pub fn presence_subscription_succeeded(channel: &str, members: &[Member]) -> Vec
     }
     ids.push(']');
     hash.push('}');
-    let data = format!(r#"{{"presence":{{"ids":{ids},"hash":{hash},"count":{}}}}}"#, members.len());
-    encode("pusher_internal:subscription_succeeded", Some(channel), data, None)
+    let data = format!(
+        r#"{{"presence":{{"ids":{ids},"hash":{hash},"count":{}}}}}"#,
+        members.len()
+    );
+    encode(
+        "pusher_internal:subscription_succeeded",
+        Some(channel),
+        data,
+        None,
+    )
 }
 
 pub fn member_added(channel: &str, member: &Member) -> Vec<u8> {
     let data = match &member.user_info {
-        Some(info) => format!(r#"{{"user_id":{},"user_info":{info}}}"#, json_string(&member.user_id)),
+        Some(info) => format!(
+            r#"{{"user_id":{},"user_info":{info}}}"#,
+            json_string(&member.user_id)
+        ),
         None => format!(r#"{{"user_id":{}}}"#, json_string(&member.user_id)),
     };
     encode("pusher_internal:member_added", Some(channel), data, None)
 }
 
 pub fn member_removed(channel: &str, user_id: &str) -> Vec<u8> {
-    encode("pusher_internal:member_removed", Some(channel), format!(r#"{{"user_id":{}}}"#, json_string(user_id)), None)
+    encode(
+        "pusher_internal:member_removed",
+        Some(channel),
+        format!(r#"{{"user_id":{}}}"#, json_string(user_id)),
+        None,
+    )
 }
 
 /// An app event on a channel: from the HTTP API, or a client event (then with `user_id` on
@@ -117,11 +159,21 @@ struct SigninData<'a> {
 }
 
 pub fn signin_success(user_data: &str) -> Vec<u8> {
-    encode("pusher:signin_success", None, SigninData { user_data }, None)
+    encode(
+        "pusher:signin_success",
+        None,
+        SigninData { user_data },
+        None,
+    )
 }
 
 pub fn subscription_count(channel: &str, count: u64) -> Vec<u8> {
-    encode("pusher_internal:subscription_count", Some(channel), format!(r#"{{"subscription_count":{count}}}"#), None)
+    encode(
+        "pusher_internal:subscription_count",
+        Some(channel),
+        format!(r#"{{"subscription_count":{count}}}"#),
+        None,
+    )
 }
 
 #[derive(Serialize)]
@@ -140,10 +192,16 @@ struct WatchlistEvents<'a> {
 pub fn watchlist_events(online: &[String], offline: &[String]) -> Vec<u8> {
     let mut events = Vec::new();
     if !online.is_empty() {
-        events.push(WatchlistEvent { name: "online", user_ids: online });
+        events.push(WatchlistEvent {
+            name: "online",
+            user_ids: online,
+        });
     }
     if !offline.is_empty() {
-        events.push(WatchlistEvent { name: "offline", user_ids: offline });
+        events.push(WatchlistEvent {
+            name: "offline",
+            user_ids: offline,
+        });
     }
     let data = serde_json::to_string(&WatchlistEvents { events }).unwrap_or_default();
     encode("pusher_internal:watchlist_events", None, data, None)
@@ -168,31 +226,53 @@ mod tests {
             r#"{"event":"pusher_internal:subscription_succeeded","channel":"my-channel","data":"{}"}"#
         );
         assert_eq!(
-            s(channel_event("client-x", "presence-y", "{\"a\":1}", Some("42"))),
+            s(channel_event(
+                "client-x",
+                "presence-y",
+                "{\"a\":1}",
+                Some("42")
+            )),
             r#"{"event":"client-x","channel":"presence-y","data":"{\"a\":1}","user_id":"42"}"#
         );
     }
 
     #[test]
     fn error_data_is_an_object() {
-        assert_eq!(s(error(Some(4001), "nope")), r#"{"event":"pusher:error","data":{"code":4001,"message":"nope"}}"#);
-        assert_eq!(s(error(None, "x")), r#"{"event":"pusher:error","data":{"code":null,"message":"x"}}"#);
+        assert_eq!(
+            s(error(Some(4001), "nope")),
+            r#"{"event":"pusher:error","data":{"code":4001,"message":"nope"}}"#
+        );
+        assert_eq!(
+            s(error(None, "x")),
+            r#"{"event":"pusher:error","data":{"code":null,"message":"x"}}"#
+        );
     }
 
     #[test]
     fn presence_payload_parses_as_pusher_js_expects() {
         let members = vec![
-            Member { user_id: "1".into(), user_info: Some(r#"{"name":"A"}"#.into()) },
-            Member { user_id: "2".into(), user_info: None },
+            Member {
+                user_id: "1".into(),
+                user_info: Some(r#"{"name":"A"}"#.into()),
+            },
+            Member {
+                user_id: "2".into(),
+                user_info: None,
+            },
         ];
-        let frame: serde_json::Value = serde_json::from_slice(&presence_subscription_succeeded("presence-a", &members)).expect("json");
-        let data: serde_json::Value = serde_json::from_str(frame["data"].as_str().expect("string")).expect("json");
+        let frame: serde_json::Value =
+            serde_json::from_slice(&presence_subscription_succeeded("presence-a", &members))
+                .expect("json");
+        let data: serde_json::Value =
+            serde_json::from_str(frame["data"].as_str().expect("string")).expect("json");
         assert_eq!(data["presence"]["count"], 2);
         assert_eq!(data["presence"]["ids"], serde_json::json!(["1", "2"]));
         assert_eq!(data["presence"]["hash"]["1"]["name"], "A");
         assert!(data["presence"]["hash"]["2"].is_null());
-        let added: serde_json::Value = serde_json::from_slice(&member_added("presence-a", &members[0])).expect("json");
-        let added: serde_json::Value = serde_json::from_str(added["data"].as_str().expect("string")).expect("json");
+        let added: serde_json::Value =
+            serde_json::from_slice(&member_added("presence-a", &members[0])).expect("json");
+        let added: serde_json::Value =
+            serde_json::from_str(added["data"].as_str().expect("string")).expect("json");
         assert_eq!(added["user_info"]["name"], "A");
     }
 
@@ -203,6 +283,9 @@ mod tests {
             r#"{"event":"pusher:signin_success","data":{"user_data":"{\"id\":\"1\"}"}}"#
         );
         let w = s(watchlist_events(&["1".into()], &[]));
-        assert_eq!(w, r#"{"event":"pusher_internal:watchlist_events","data":"{\"events\":[{\"name\":\"online\",\"user_ids\":[\"1\"]}]}"}"#);
+        assert_eq!(
+            w,
+            r#"{"event":"pusher_internal:watchlist_events","data":"{\"events\":[{\"name\":\"online\",\"user_ids\":[\"1\"]}]}"}"#
+        );
     }
 }

@@ -24,14 +24,20 @@ pub fn sign(secret: &str, input: &[u8]) -> String {
 
 /// Checks a hex signature in constant time.
 pub fn verify_hex(secret: &str, input: &[u8], signature_hex: &str) -> bool {
-    let Ok(sig) = hex::decode(signature_hex) else { return false };
+    let Ok(sig) = hex::decode(signature_hex) else {
+        return false;
+    };
     let mut m = mac(secret);
     m.update(input);
     m.verify_slice(&sig).is_ok()
 }
 
 /// The string signed to authorise a channel subscription.
-pub fn channel_auth_input(socket_id: SocketId, channel: &str, channel_data: Option<&str>) -> String {
+pub fn channel_auth_input(
+    socket_id: SocketId,
+    channel: &str,
+    channel_data: Option<&str>,
+) -> String {
     match channel_data {
         Some(data) => format!("{socket_id}:{channel}:{data}"),
         None => format!("{socket_id}:{channel}"),
@@ -44,7 +50,12 @@ pub fn user_auth_input(socket_id: SocketId, user_data: &str) -> String {
 }
 
 /// Verifies an `auth` field (`<app_key>:<hex>`) against `input`.
-pub fn verify_auth(app_key: &str, secret: &str, input: &str, auth: &str) -> Result<(), ProtocolError> {
+pub fn verify_auth(
+    app_key: &str,
+    secret: &str,
+    input: &str,
+    auth: &str,
+) -> Result<(), ProtocolError> {
     let invalid = || ProtocolError::InvalidSignature {
         expected_input: input.to_owned(),
         got: auth.chars().take(200).collect(),
@@ -98,7 +109,10 @@ mod tests {
         let input = channel_auth_input(sid(), "private-foobar", None);
         let good = sign(SECRET, input.as_bytes());
         // Wrong key part, wrong secret, other socket, not hex, no colon, truncated.
-        let other_socket = sign(SECRET, channel_auth_input("1.1".parse().expect("valid"), "private-foobar", None).as_bytes());
+        let other_socket = sign(
+            SECRET,
+            channel_auth_input("1.1".parse().expect("valid"), "private-foobar", None).as_bytes(),
+        );
         let bad = [
             format!("otherkey:{good}"),
             format!("{KEY}:{}", sign("other-secret", input.as_bytes())),

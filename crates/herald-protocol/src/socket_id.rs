@@ -33,7 +33,10 @@ impl SocketId {
     }
 
     pub fn from_u128(v: u128) -> Self {
-        SocketId { high: (v >> 64) as u64, low: v as u64 }
+        SocketId {
+            high: (v >> 64) as u64,
+            low: v as u64,
+        }
     }
 }
 
@@ -49,11 +52,15 @@ impl FromStr for SocketId {
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let bad = || ProtocolError::InvalidSocketId(s.chars().take(64).collect());
         let (a, b) = s.split_once('.').ok_or_else(bad)?;
-        let digits = |p: &str| !p.is_empty() && p.len() <= 20 && p.bytes().all(|c| c.is_ascii_digit());
+        let digits =
+            |p: &str| !p.is_empty() && p.len() <= 20 && p.bytes().all(|c| c.is_ascii_digit());
         if !digits(a) || !digits(b) {
             return Err(bad());
         }
-        Ok(SocketId { high: a.parse().map_err(|_| bad())?, low: b.parse().map_err(|_| bad())? })
+        Ok(SocketId {
+            high: a.parse().map_err(|_| bad())?,
+            low: b.parse().map_err(|_| bad())?,
+        })
     }
 }
 
@@ -70,8 +77,23 @@ mod tests {
 
     #[test]
     fn rejects_malformed() {
-        for bad in ["", "1", "1.", ".1", "1.2.3", "a.1", "1.b", "-1.2", "1 .2", "1.2 ", "99999999999999999999999.1"] {
-            assert!(bad.parse::<SocketId>().is_err(), "{bad:?} should be rejected");
+        for bad in [
+            "",
+            "1",
+            "1.",
+            ".1",
+            "1.2.3",
+            "a.1",
+            "1.b",
+            "-1.2",
+            "1 .2",
+            "1.2 ",
+            "99999999999999999999999.1",
+        ] {
+            assert!(
+                bad.parse::<SocketId>().is_err(),
+                "{bad:?} should be rejected"
+            );
         }
     }
 

@@ -22,7 +22,11 @@ pub const SECRET: &str = "secret1";
 pub const APP: &str = "app1";
 
 pub fn free_port() -> u16 {
-    StdListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    StdListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// A running `herald` process, killed on drop.
@@ -37,7 +41,11 @@ pub mod tempdir {
     pub struct Dir(pub std::path::PathBuf);
     impl Dir {
         pub fn new() -> Self {
-            let p = std::env::temp_dir().join(format!("herald-test-{}-{}", std::process::id(), rand_suffix()));
+            let p = std::env::temp_dir().join(format!(
+                "herald-test-{}-{}",
+                std::process::id(),
+                rand_suffix()
+            ));
             std::fs::create_dir_all(&p).unwrap();
             Dir(p)
         }
@@ -50,7 +58,12 @@ pub mod tempdir {
     fn rand_suffix() -> u64 {
         use std::sync::atomic::{AtomicU64, Ordering};
         static N: AtomicU64 = AtomicU64::new(0);
-        N.fetch_add(1, Ordering::Relaxed) * 1000 + std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos() as u64 % 1000
+        N.fetch_add(1, Ordering::Relaxed) * 1000
+            + std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .subsec_nanos() as u64
+                % 1000
     }
 }
 
@@ -88,7 +101,10 @@ impl Herald {
             "[server]\nlisten = \"127.0.0.1:{port}\"\nadmin_listen = \"127.0.0.1:{admin_port}\"\nnode_id = \"test-node\"\n{server_extra}\n{rest}"
         );
         let path = dir.0.join("herald.toml");
-        std::fs::File::create(&path).unwrap().write_all(config.as_bytes()).unwrap();
+        std::fs::File::create(&path)
+            .unwrap()
+            .write_all(config.as_bytes())
+            .unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_herald"))
             .arg("--config")
             .arg(&path)
@@ -97,7 +113,12 @@ impl Herald {
             .stderr(Stdio::inherit())
             .spawn()
             .expect("herald starts");
-        let h = Herald { child, port, admin_port, dir };
+        let h = Herald {
+            child,
+            port,
+            admin_port,
+            dir,
+        };
         for _ in 0..200 {
             if TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
                 return h;
@@ -108,7 +129,12 @@ impl Herald {
     }
 
     pub async fn ws(&self, key: &str) -> Client {
-        Client::connect(self.port, &format!("/app/{key}?protocol=7&client=rust&version=1.0"), None).await
+        Client::connect(
+            self.port,
+            &format!("/app/{key}?protocol=7&client=rust&version=1.0"),
+            None,
+        )
+        .await
     }
 
     /// Connects and reads `pusher:connection_established`.
@@ -122,11 +148,20 @@ impl Herald {
     }
 
     pub fn api(&self) -> Api {
-        Api { port: self.port, app: APP.into(), key: KEY.into(), secret: SECRET.into() }
+        Api {
+            port: self.port,
+            app: APP.into(),
+            key: KEY.into(),
+            secret: SECRET.into(),
+        }
     }
 
     pub fn sigterm(&self) {
-        Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).status().unwrap();
+        Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status()
+            .unwrap();
     }
 
     pub async fn admin_get(&self, path: &str) -> (u16, String) {
@@ -167,7 +202,12 @@ impl Client {
     }
 
     /// `auto_pong = false` makes a client that never answers protocol pings.
-    pub async fn connect_with(port: u16, path: &str, origin: Option<&str>, auto_pong: bool) -> Client {
+    pub async fn connect_with(
+        port: u16,
+        path: &str,
+        origin: Option<&str>,
+        auto_pong: bool,
+    ) -> Client {
         let stream = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
         let mut req = Request::builder()
             .method("GET")
@@ -175,21 +215,34 @@ impl Client {
             .header("Host", format!("127.0.0.1:{port}"))
             .header("Upgrade", "websocket")
             .header("Connection", "upgrade")
-            .header("Sec-WebSocket-Key", fastwebsockets::handshake::generate_key())
+            .header(
+                "Sec-WebSocket-Key",
+                fastwebsockets::handshake::generate_key(),
+            )
             .header("Sec-WebSocket-Version", "13");
         if let Some(o) = origin {
             req = req.header("Origin", o);
         }
-        let (ws, _) = fastwebsockets::handshake::client(&SpawnExecutor, req.body(Empty::<Bytes>::new()).unwrap(), stream)
-            .await
-            .expect("handshake");
+        let (ws, _) = fastwebsockets::handshake::client(
+            &SpawnExecutor,
+            req.body(Empty::<Bytes>::new()).unwrap(),
+            stream,
+        )
+        .await
+        .expect("handshake");
         let mut ws = ws;
         ws.set_auto_pong(auto_pong);
-        Client { ws: FragmentCollector::new(ws), socket_id: String::new() }
+        Client {
+            ws: FragmentCollector::new(ws),
+            socket_id: String::new(),
+        }
     }
 
     pub async fn send_text(&mut self, text: &str) {
-        self.ws.write_frame(Frame::text(Payload::Borrowed(text.as_bytes()))).await.unwrap();
+        self.ws
+            .write_frame(Frame::text(Payload::Borrowed(text.as_bytes())))
+            .await
+            .unwrap();
     }
 
     pub async fn send(&mut self, v: Value) {
@@ -218,10 +271,19 @@ impl Client {
                 Ok(Ok(f)) => f,
             };
             match frame.opcode {
-                OpCode::Text => return Event::Text(serde_json::from_slice(&frame.payload).expect("server sends JSON")),
+                OpCode::Text => {
+                    return Event::Text(
+                        serde_json::from_slice(&frame.payload).expect("server sends JSON"),
+                    )
+                }
                 OpCode::Close => {
-                    let code = if frame.payload.len() >= 2 { u16::from_be_bytes([frame.payload[0], frame.payload[1]]) } else { 1005 };
-                    let reason = String::from_utf8_lossy(frame.payload.get(2..).unwrap_or(&[])).into_owned();
+                    let code = if frame.payload.len() >= 2 {
+                        u16::from_be_bytes([frame.payload[0], frame.payload[1]])
+                    } else {
+                        1005
+                    };
+                    let reason =
+                        String::from_utf8_lossy(frame.payload.get(2..).unwrap_or(&[])).into_owned();
                     return Event::Close(code, reason);
                 }
                 _ => continue,
@@ -264,13 +326,19 @@ impl Client {
     }
 
     pub async fn subscribe(&mut self, channel: &str) -> Value {
-        self.send(serde_json::json!({"event":"pusher:subscribe","data":{"channel":channel,"auth":""}})).await;
+        self.send(
+            serde_json::json!({"event":"pusher:subscribe","data":{"channel":channel,"auth":""}}),
+        )
+        .await;
         self.recv().await
     }
 
     pub async fn subscribe_private(&mut self, channel: &str) -> Value {
         let auth = auth(&self.socket_id, channel, None);
-        self.send(serde_json::json!({"event":"pusher:subscribe","data":{"channel":channel,"auth":auth}})).await;
+        self.send(
+            serde_json::json!({"event":"pusher:subscribe","data":{"channel":channel,"auth":auth}}),
+        )
+        .await;
         self.recv().await
     }
 
@@ -279,7 +347,8 @@ impl Client {
         let auth = auth(&self.socket_id, channel, Some(&data));
         self.send(serde_json::json!({"event":"pusher:subscribe","data":{"channel":channel,"auth":auth,"channel_data":data}}))
             .await;
-        self.recv_event("pusher_internal:subscription_succeeded").await
+        self.recv_event("pusher_internal:subscription_succeeded")
+            .await
     }
 }
 
@@ -296,7 +365,10 @@ pub fn auth(socket_id: &str, channel: &str, channel_data: Option<&str>) -> Strin
         Some(d) => format!("{socket_id}:{channel}:{d}"),
         None => format!("{socket_id}:{channel}"),
     };
-    format!("{KEY}:{}", herald_protocol::signature::sign(SECRET, input.as_bytes()))
+    format!(
+        "{KEY}:{}",
+        herald_protocol::signature::sign(SECRET, input.as_bytes())
+    )
 }
 
 /// The `data` field of a frame, parsed.
@@ -316,22 +388,61 @@ pub struct Api {
 }
 
 pub fn now() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs()
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
 }
 
 impl Api {
-    pub async fn call(&self, method: &str, path: &str, params: &[(&str, &str)], body: &str) -> (u16, Value) {
+    pub async fn call(
+        &self,
+        method: &str,
+        path: &str,
+        params: &[(&str, &str)],
+        body: &str,
+    ) -> (u16, Value) {
         self.call_at(method, path, params, body, now()).await
     }
 
-    pub async fn call_at(&self, method: &str, path: &str, params: &[(&str, &str)], body: &str, ts: u64) -> (u16, Value) {
+    pub async fn call_at(
+        &self,
+        method: &str,
+        path: &str,
+        params: &[(&str, &str)],
+        body: &str,
+        ts: u64,
+    ) -> (u16, Value) {
         let full = format!("/apps/{}{path}", self.app);
-        let q = herald_protocol::api_auth::signed_query(&self.key, &self.secret, method, &full, params, body.as_bytes(), ts);
-        let (status, text) = http(self.port, method, &format!("{full}?{q}"), Bytes::from(body.to_owned())).await;
-        (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+        let q = herald_protocol::api_auth::signed_query(
+            &self.key,
+            &self.secret,
+            method,
+            &full,
+            params,
+            body.as_bytes(),
+            ts,
+        );
+        let (status, text) = http(
+            self.port,
+            method,
+            &format!("{full}?{q}"),
+            Bytes::from(body.to_owned()),
+        )
+        .await;
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        )
     }
 
-    pub async fn trigger(&self, channels: &[&str], event: &str, data: &str, socket_id: Option<&str>) -> (u16, Value) {
+    pub async fn trigger(
+        &self,
+        channels: &[&str],
+        event: &str,
+        data: &str,
+        socket_id: Option<&str>,
+    ) -> (u16, Value) {
         let mut body = serde_json::json!({"name": event, "channels": channels, "data": data});
         if let Some(s) = socket_id {
             body["socket_id"] = Value::String(s.to_owned());
@@ -343,7 +454,9 @@ impl Api {
 /// A plain HTTP/1.1 request to 127.0.0.1:port; returns status and body text.
 pub async fn http(port: u16, method: &str, path_and_query: &str, body: Bytes) -> (u16, String) {
     let stream = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .unwrap();
     tokio::spawn(conn);
     let req = Request::builder()
         .method(method)
