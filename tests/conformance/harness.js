@@ -149,6 +149,20 @@ max_connections = 3
 `;
 }
 
+/**
+ * Environment for the child: herald treats every HERALD_* variable as a config
+ * override and rejects unknown keys, so HERALD_BIN (ours) and any stray
+ * HERALD_* from the caller's shell must not leak into it; the temp config file
+ * is the only configuration source.
+ */
+function heraldEnv() {
+  const env = {};
+  for (const [k, v] of Object.entries(process.env)) if (!/^HERALD_/i.test(k)) env[k] = v;
+  env.RUST_LOG = process.env.RUST_LOG || 'info';
+  env.RUST_BACKTRACE = '1';
+  return env;
+}
+
 const liveProcs = new Set();
 process.on('exit', () => {
   for (const p of liveProcs) { try { p.kill('SIGKILL'); } catch { /* gone */ } }
@@ -166,21 +180,37 @@ async function spawnOnce() {
 
   const proc = spawn(HERALD_BIN, ['--config', configPath], {
     stdio: ['ignore', logFd, logFd],
-    env: { ...process.env, RUST_LOG: process.env.RUST_LOG || 'info', RUST_BACKTRACE: '1' },
+    env: heraldEnv(),
   });
   fs.closeSync(logFd);
   liveProcs.add(proc);
   let exited = null;
   proc.on('exit', (code, signal) => { exited = { code, signal }; liveProcs.delete(proc); });
-  const spawnError = new Promise((resolve) => proc.once('error', resolve));
 
   const readLog = () => { try { return fs.readFileSync(logPath, 'utf8'); } catch { return ''; } };
 
+  try {
+    await waitUntilUp(proc, port, adminPort, () => exited, readLog);
+  } catch (e) {
+    try { proc.kill('SIGKILL'); } catch { /* gone */ }
+    if (process.env.CONFORMANCE_KEEP_LOGS !== '1') fs.rmSync(dir, { recursive: true, force: true });
+    throw e;
+  }
+
+  return {
+    port, adminPort, proc, dir, configPath, logPath, readLog,
+    get exited() { return exited; },
+  };
+}
+
+async function waitUntilUp(proc, port, adminPort, getExited, readLog) {
+  const spawnError = new Promise((resolve) => proc.once('error', resolve));
   const deadline = Date.now() + 15000;
   let errored = null;
   spawnError.then((e) => { errored = e; });
   for (;;) {
     if (errored) throw new Error(`cannot spawn ${HERALD_BIN}: ${errored.message}`);
+    const exited = getExited();
     if (exited) {
       const err = new Error(`herald exited early (${JSON.stringify(exited)}); log:\n${readLog()}`);
       err.exitedEarly = true;
@@ -207,11 +237,6 @@ async function spawnOnce() {
     if (Date.now() > hzDeadline) break;
     await delay(50);
   }
-
-  return {
-    port, adminPort, proc, dir, configPath, logPath, readLog,
-    get exited() { return exited; },
-  };
 }
 
 /**
@@ -338,15 +363,22 @@ class Herald {
     this.clients.clear();
     this.agent.destroy();
     const p = this.proc;
-    if (this.exited) return;
+    if (this.exited) { this.cleanup(); return; }
     await delay(100); // let herald see the client sockets close before draining
-    if (this.exited) return;
+    if (this.exited) { this.cleanup(); return; }
     const gone = new Promise((r) => p.once('exit', r));
     p.kill('SIGTERM');
     // herald drains gracefully; a test run does not need to wait for the whole window
     const t = setTimeout(() => { try { p.kill('SIGKILL'); } catch { /* ignore */ } }, 1500);
     await gone;
     clearTimeout(t);
+    this.cleanup();
+  }
+
+  /** Remove the temp config/log dir unless CONFORMANCE_KEEP_LOGS=1. */
+  cleanup() {
+    if (process.env.CONFORMANCE_KEEP_LOGS === '1') return;
+    try { fs.rmSync(this.dir, { recursive: true, force: true }); } catch { /* ignore */ }
   }
 }
 

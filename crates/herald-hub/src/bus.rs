@@ -85,6 +85,10 @@ pub trait Bus: Send + Sync + 'static {
     /// batches these into topic (un)subscriptions and count updates.
     fn set_interest(&self, app_id: &str, channel: &ChannelName, local: usize);
 
+    /// Waits until this node receives the channel's topic (after the first local subscriber
+    /// arrived), so a subscriber told "subscribed" misses nothing published after that.
+    async fn await_interest(&self, app_id: &str, channel: &ChannelName) -> Result<(), BusError>;
+
     async fn presence_join(
         &self,
         app_id: &str,
@@ -169,6 +173,10 @@ impl Bus for LocalBus {
         } else {
             self.interest.insert(key, local);
         }
+    }
+
+    async fn await_interest(&self, _app_id: &str, _channel: &ChannelName) -> Result<(), BusError> {
+        Ok(())
     }
 
     async fn presence_join(

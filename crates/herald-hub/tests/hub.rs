@@ -12,7 +12,10 @@ fn hub(outbox_bytes: usize) -> Arc<Hub> {
     let mut app = App::new("app", "key", "secret");
     app.client_event_rate = 10;
     Hub::new(
-        HubConfig { node_id: "n1".into(), outbox_bytes },
+        HubConfig {
+            node_id: "n1".into(),
+            outbox_bytes,
+        },
         Apps::new([app]),
         Arc::new(LocalBus::new()),
     )
@@ -27,7 +30,9 @@ fn session(hub: &Arc<Hub>, n: u64) -> Session {
 fn drain(conn: &Connection) -> Vec<Value> {
     let mut out = Vec::new();
     conn.outbox.drain(&mut out);
-    out.iter().map(|b| serde_json::from_slice(b).expect("json")).collect()
+    out.iter()
+        .map(|b| serde_json::from_slice(b).expect("json"))
+        .collect()
 }
 
 async fn send(s: &mut Session, v: Value) {
@@ -36,7 +41,13 @@ async fn send(s: &mut Session, v: Value) {
 }
 
 fn auth(s: &Session, channel: &str, data: Option<&str>) -> String {
-    format!("key:{}", sign("secret", channel_auth_input(s.connection().socket_id, channel, data).as_bytes()))
+    format!(
+        "key:{}",
+        sign(
+            "secret",
+            channel_auth_input(s.connection().socket_id, channel, data).as_bytes()
+        )
+    )
 }
 
 #[tokio::test]
@@ -45,18 +56,35 @@ async fn broadcast_is_encoded_once_and_shared() {
     let mut sessions = Vec::new();
     for i in 0..3 {
         let mut s = session(&hub, i);
-        send(&mut s, json!({"event":"pusher:subscribe","data":{"channel":"c"}})).await;
+        send(
+            &mut s,
+            json!({"event":"pusher:subscribe","data":{"channel":"c"}}),
+        )
+        .await;
         drain(s.connection());
         sessions.push(s);
     }
     let frame = Bytes::from_static(br#"{"event":"e","channel":"c","data":"x"}"#);
-    let n = hub.publish("app", &ChannelName::parse("c").expect("ok"), frame.clone(), None, 0).await.expect("ok");
+    let n = hub
+        .publish(
+            "app",
+            &ChannelName::parse("c").expect("ok"),
+            frame.clone(),
+            None,
+            0,
+        )
+        .await
+        .expect("ok");
     assert_eq!(n, 3);
     for s in &sessions {
         let mut out = Vec::new();
         s.connection().outbox.drain(&mut out);
         assert_eq!(out.len(), 1);
-        assert_eq!(out[0].as_ptr(), frame.as_ptr(), "every subscriber shares the one encoding");
+        assert_eq!(
+            out[0].as_ptr(),
+            frame.as_ptr(),
+            "every subscriber shares the one encoding"
+        );
     }
 }
 
@@ -67,14 +95,20 @@ async fn a_slow_client_is_cut_off_without_holding_up_the_others() {
     let mut slow = session(&hub, 1);
     let mut fast = session(&hub, 2);
     for s in [&mut slow, &mut fast] {
-        send(s, json!({"event":"pusher:subscribe","data":{"channel":"c"}})).await;
+        send(
+            s,
+            json!({"event":"pusher:subscribe","data":{"channel":"c"}}),
+        )
+        .await;
         drain(s.connection());
     }
     let channel = ChannelName::parse("c").expect("ok");
     let frame = Bytes::from(vec![b'x'; 1000]);
     let mut fast_got = 0;
     for _ in 0..100 {
-        hub.publish("app", &channel, frame.clone(), None, 0).await.expect("ok");
+        hub.publish("app", &channel, frame.clone(), None, 0)
+            .await
+            .expect("ok");
         // The fast client's writer keeps up; the slow one never drains.
         let mut out = Vec::new();
         fast.connection().outbox.drain(&mut out);
@@ -84,7 +118,10 @@ async fn a_slow_client_is_cut_off_without_holding_up_the_others() {
     let mut out = Vec::new();
     let close = slow.connection().outbox.drain(&mut out);
     assert_eq!(close.map(|c| c.code), Some(4100));
-    assert!(out.is_empty(), "the slow client's backlog is dropped, not kept");
+    assert!(
+        out.is_empty(),
+        "the slow client's backlog is dropped, not kept"
+    );
 }
 
 #[tokio::test]
@@ -105,7 +142,12 @@ async fn presence_member_added_once_and_removed_after_last_socket() {
         send(s, json!({"event":"pusher:subscribe","data":{"channel":"presence-p","auth":a,"channel_data":d}})).await;
     }
     let seen = drain(watcher.connection());
-    assert_eq!(seen.iter().filter(|f| f["event"] == "pusher_internal:member_added").count(), 1);
+    assert_eq!(
+        seen.iter()
+            .filter(|f| f["event"] == "pusher_internal:member_added")
+            .count(),
+        1
+    );
     u1.close().await;
     assert!(drain(watcher.connection()).is_empty());
     u2.close().await;
@@ -121,17 +163,29 @@ async fn client_event_rate_limit_refills() {
     let mut b = session(&hub, 2);
     for s in [&mut a, &mut b] {
         let au = auth(s, "private-c", None);
-        send(s, json!({"event":"pusher:subscribe","data":{"channel":"private-c","auth":au}})).await;
+        send(
+            s,
+            json!({"event":"pusher:subscribe","data":{"channel":"private-c","auth":au}}),
+        )
+        .await;
         drain(s.connection());
     }
     for _ in 0..15 {
-        send(&mut a, json!({"event":"client-x","channel":"private-c","data":{}})).await;
+        send(
+            &mut a,
+            json!({"event":"client-x","channel":"private-c","data":{}}),
+        )
+        .await;
     }
     assert_eq!(drain(b.connection()).len(), 10);
     let errors = drain(a.connection());
     assert_eq!(errors.len(), 5);
     assert!(errors.iter().all(|e| e["data"]["code"] == 4301));
     tokio::time::advance(std::time::Duration::from_secs(1)).await;
-    send(&mut a, json!({"event":"client-x","channel":"private-c","data":{}})).await;
+    send(
+        &mut a,
+        json!({"event":"client-x","channel":"private-c","data":{}}),
+    )
+    .await;
     assert_eq!(drain(b.connection()).len(), 1);
 }

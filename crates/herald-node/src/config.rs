@@ -267,7 +267,18 @@ pub fn figment(file: Option<&Path>) -> Figment {
     if let Some(path) = file {
         fig = fig.merge(Toml::file_exact(path));
     }
-    fig.merge(Env::prefixed("HERALD_").ignore(&["CONFIG"]).split("__"))
+    // Only HERALD_{SECTION}__{KEY} variables are configuration: Kubernetes also injects service
+    // links such as HERALD_PORT or HERALD_SERVICE_HOST, and tools set HERALD_BIN and the like.
+    fig.merge(
+        Env::prefixed("HERALD_")
+            .filter(|key| {
+                let key = key.as_str().to_ascii_lowercase();
+                ["server__", "bus__", "log__", "tls__"]
+                    .iter()
+                    .any(|p| key.starts_with(p))
+            })
+            .split("__"),
+    )
 }
 
 /// Loads and checks the configuration.
@@ -418,6 +429,10 @@ mod tests {
                 "#,
             )?;
             jail.set_env("HERALD_SERVER__ADMIN_LISTEN", "127.0.0.1:7001");
+            // Not configuration: Kubernetes service links and tool variables.
+            jail.set_env("HERALD_PORT", "tcp://10.0.0.1:8080");
+            jail.set_env("HERALD_SERVICE_HOST", "10.0.0.1");
+            jail.set_env("HERALD_BIN", "/usr/bin/herald");
             let c = load(Some(Path::new("h.toml"))).expect("loads");
             assert_eq!(c.server.listen, "127.0.0.1:7000");
             assert_eq!(c.server.admin_listen, "127.0.0.1:7001");

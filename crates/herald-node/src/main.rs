@@ -176,7 +176,9 @@ async fn run(mut config: Config) -> anyhow::Result<()> {
 fn toml_app_defaults() -> AppConfig {
     // The defaults a `[[apps]]` table gets for the keys it leaves out.
     use figment::providers::Format;
-    let defaults = figment::Figment::from(figment::providers::Toml::string("id = \"\"\nkey = \"\"\nsecret = \"\""));
+    let defaults = figment::Figment::from(figment::providers::Toml::string(
+        "id = \"\"\nkey = \"\"\nsecret = \"\"",
+    ));
     #[allow(clippy::expect_used)]
     defaults.extract().expect("built-in app defaults parse")
 }
