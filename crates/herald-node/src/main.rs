@@ -133,8 +133,11 @@ async fn run(mut config: Config) -> anyhow::Result<()> {
 
     let node_id = config.node_id();
     let bus: Arc<dyn Bus> = match config.bus.driver.as_str() {
-        "memory" => Arc::new(LocalBus::new()),
-        other => anyhow::bail!("bus.driver {other:?} is not available in this build"),
+        "redis" => {
+            let cfg = redis_bus_config(&config, &node_id);
+            Arc::new(herald_bus::RedisBus::connect(cfg).await.context("connecting the Redis bus")?)
+        }
+        _ => Arc::new(LocalBus::new()),
     };
     metrics::bus_connected(bus.is_ready());
     let apps = Apps::new(config.apps.iter().map(AppConfig::to_app));
@@ -171,6 +174,17 @@ async fn run(mut config: Config) -> anyhow::Result<()> {
     accept.abort();
     tokio::time::sleep(Duration::from_millis(10)).await;
     Ok(())
+}
+
+fn redis_bus_config(config: &Config, node_id: &str) -> herald_bus::RedisBusConfig {
+    let mut cfg = herald_bus::RedisBusConfig::new(node_id);
+    cfg.url = config.bus.url.clone();
+    cfg.cluster_urls = config.bus.cluster_urls.clone();
+    cfg.sentinel_urls = config.bus.sentinel_urls.clone();
+    cfg.sentinel_master = config.bus.sentinel_master.clone();
+    cfg.key_prefix = config.bus.key_prefix.clone();
+    cfg.lease = Duration::from_millis((config.bus.lease_seconds * 1000).max(1000));
+    cfg
 }
 
 fn toml_app_defaults() -> AppConfig {

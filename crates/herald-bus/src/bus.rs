@@ -1,0 +1,663 @@
+//! [`RedisBus`]: the cluster bus.
+//!
+//! Interest routing: a node subscribes to a channel's topic while it has local subscribers
+//! (the first local subscriber waits for the SUBSCRIBE; the last one leaving starts a delay
+//! after which the topic is unsubscribed, so churn costs nothing). Subscription counts are
+//! written per node, batched per channel. Presence, counts and connection limits live in
+//! Redis, per node; each node holds a lease, and when a lease expires one surviving node
+//! (whoever takes the reap lock) removes the dead node's state and announces its members'
+//! departure.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use dashmap::DashMap;
+use fred::clients::SubscriberClient;
+use fred::prelude::*;
+use fred::types::{Expiration, SetOptions};
+use herald_hub::{Bus, BusError, BusMessage, BusPayload, BusSink, ChannelStats, PresenceJoin};
+use herald_protocol::presence::Member;
+use herald_protocol::{server, ChannelName, SocketId};
+use parking_lot::Mutex;
+use tokio::sync::{watch, Notify};
+use tokio::time::Instant;
+
+use crate::connect::{self, Topology};
+use crate::keys::{index_channel, index_connections, Keys};
+use crate::scripts;
+use crate::{wire, RedisBusConfig};
+
+type ChannelKey = (Arc<str>, ChannelName);
+
+#[derive(Debug)]
+enum TopicState {
+    /// SUBSCRIBE sent; the watch turns true when it is confirmed.
+    Subscribing(watch::Receiver<bool>),
+    Subscribed,
+}
+
+#[derive(Debug)]
+struct Topic {
+    state: TopicState,
+    /// When the last local subscriber left (the topic is dropped after the delay).
+    idle_since: Option<Instant>,
+}
+
+pub struct RedisBus {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    cfg: RedisBusConfig,
+    keys: Keys,
+    topology: Topology,
+    client: Client,
+    subscriber: SubscriberClient,
+    sink: OnceLock<Arc<dyn BusSink>>,
+    topics: Mutex<HashMap<String, Topic>>,
+    dirty: Mutex<HashSet<ChannelKey>>,
+    local_counts: DashMap<ChannelKey, usize>,
+    /// This node's presence memberships, to write again after Redis lost them.
+    local_members: DashMap<(ChannelKey, SocketId), Member>,
+    /// Connections per app counted in Redis (apps with a limit).
+    local_connections: DashMap<Arc<str>, u64>,
+    ready: AtomicBool,
+    resyncing: AtomicBool,
+    flush_now: Notify,
+}
+
+impl std::fmt::Debug for RedisBus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisBus").field("node", &self.inner.cfg.node_id).finish_non_exhaustive()
+    }
+}
+
+fn unavailable(e: impl std::fmt::Display) -> BusError {
+    BusError::Unavailable(e.to_string())
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+fn now_us() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_micros() as u64).unwrap_or(0)
+}
+
+impl RedisBus {
+    /// Connects to Redis and starts the bus's background tasks.
+    pub async fn connect(cfg: RedisBusConfig) -> Result<Self, BusError> {
+        let (client, subscriber, topology) = connect::build(&cfg).map_err(|e| BusError::Backend(e.to_string()))?;
+        client.init().await.map_err(unavailable)?;
+        subscriber.init().await.map_err(unavailable)?;
+        let inner = Arc::new(Inner {
+            keys: Keys::new(&cfg.key_prefix),
+            cfg,
+            topology,
+            client,
+            subscriber,
+            sink: OnceLock::new(),
+            topics: Mutex::new(HashMap::new()),
+            dirty: Mutex::new(HashSet::new()),
+            local_counts: DashMap::new(),
+            local_members: DashMap::new(),
+            local_connections: DashMap::new(),
+            ready: AtomicBool::new(false),
+            resyncing: AtomicBool::new(false),
+            flush_now: Notify::new(),
+        });
+        // A restarted node with the same id (a StatefulSet pod) first clears what its previous
+        // life left behind, then registers.
+        inner.reap(&inner.cfg.node_id).await;
+        inner.renew_lease().await.map_err(unavailable)?;
+        tokio::spawn(receive_loop(inner.clone()));
+        tokio::spawn(flush_loop(inner.clone()));
+        tokio::spawn(lease_loop(inner.clone()));
+        tokio::spawn(reconnect_loop(inner.clone()));
+        inner.ready.store(true, Ordering::Release);
+        metrics::gauge!("herald_bus_connected").set(1.0);
+        tracing::info!(node = %inner.cfg.node_id, topology = ?inner.topology, "cluster bus connected");
+        Ok(RedisBus { inner })
+    }
+
+    /// This node's id in Redis.
+    pub fn node_id(&self) -> &str {
+        &self.inner.cfg.node_id
+    }
+}
+
+impl Inner {
+    fn sharded(&self) -> bool {
+        self.topology == Topology::Cluster
+    }
+
+    fn socket_field(&self, socket: SocketId) -> String {
+        format!("{}|{}", self.cfg.node_id, socket)
+    }
+
+    async fn publish_raw(&self, topic: String, payload: Bytes) -> Result<(), Error> {
+        if self.sharded() {
+            let _: i64 = self.client.spublish(topic, payload).await?;
+        } else {
+            let _: i64 = self.client.publish(topic, payload).await?;
+        }
+        Ok(())
+    }
+
+    async fn subscribe_topics(&self, topics: Vec<String>) -> Result<(), Error> {
+        if topics.is_empty() {
+            return Ok(());
+        }
+        if self.sharded() {
+            for t in topics {
+                self.subscriber.ssubscribe(t).await?;
+            }
+            Ok(())
+        } else {
+            self.subscriber.subscribe(topics).await
+        }
+    }
+
+    async fn unsubscribe_topics(&self, topics: Vec<String>) -> Result<(), Error> {
+        if topics.is_empty() {
+            return Ok(());
+        }
+        if self.sharded() {
+            for t in topics {
+                self.subscriber.sunsubscribe(t).await?;
+            }
+            Ok(())
+        } else {
+            self.subscriber.unsubscribe(topics).await
+        }
+    }
+
+    async fn renew_lease(&self) -> Result<(), Error> {
+        let expiry = now_ms() + self.cfg.lease.as_millis() as u64;
+        let _: i64 = self.client.zadd(self.keys.nodes(), None, None, false, false, (expiry as f64, self.cfg.node_id.as_str())).await?;
+        Ok(())
+    }
+
+    /// Writes the dirty subscription counts: one HSET/HDEL per changed channel, however many
+    /// clients came and went.
+    async fn flush_counts(&self) -> Result<(), Error> {
+        let dirty: Vec<ChannelKey> = self.dirty.lock().drain().collect();
+        if dirty.is_empty() {
+            return Ok(());
+        }
+        let pipeline = self.client.pipeline();
+        let node = self.cfg.node_id.as_str();
+        let index = self.keys.node_index(node);
+        for (app, channel) in &dirty {
+            let count = self.local_counts.get(&(app.clone(), channel.clone())).map(|c| *c).unwrap_or(0);
+            let subs = self.keys.subs(app, channel.as_str());
+            if count > 0 {
+                let _: () = pipeline.hset(subs, (node, count as i64)).await?;
+                let _: () = pipeline.sadd(self.keys.app_channels(app), channel.as_str()).await?;
+                let _: () = pipeline.sadd(index.clone(), index_channel(app, channel.as_str())).await?;
+            } else {
+                let _: () = pipeline.hdel(subs, node).await?;
+                if !self.local_members.iter().any(|e| e.key().0 .0 == *app && e.key().0 .1 == *channel) {
+                    let _: () = pipeline.srem(index.clone(), index_channel(app, channel.as_str())).await?;
+                }
+            }
+        }
+        if let Err(e) = pipeline.all::<Value>().await {
+            // Try again on the next flush.
+            self.dirty.lock().extend(dirty);
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    /// Unsubscribes topics idle for longer than the delay.
+    async fn drop_idle_topics(&self) {
+        let delay = self.cfg.unsubscribe_delay;
+        let idle: Vec<String> = {
+            let mut topics = self.topics.lock();
+            let names: Vec<String> = topics
+                .iter()
+                .filter(|(_, t)| t.idle_since.is_some_and(|s| s.elapsed() >= delay) && matches!(t.state, TopicState::Subscribed))
+                .map(|(n, _)| n.clone())
+                .collect();
+            for n in &names {
+                topics.remove(n);
+            }
+            metrics::gauge!("herald_bus_topics").set(topics.len() as f64);
+            names
+        };
+        if let Err(e) = self.unsubscribe_topics(idle).await {
+            tracing::warn!(error = %e, "unsubscribing idle topics failed");
+        }
+    }
+
+    /// Removes a node's state: presence sockets (announcing members whose last socket it held),
+    /// subscription counts and connection counts. Safe to run twice.
+    async fn reap(&self, node: &str) {
+        let index = self.keys.node_index(node);
+        let entries: Vec<String> = match self.client.smembers(&index).await {
+            Ok(e) => e,
+            Err(e) => {
+                tracing::warn!(node, error = %e, "reading a node's index failed");
+                return;
+            }
+        };
+        let mut removed_members = 0usize;
+        for entry in &entries {
+            if let Some(app) = entry.strip_prefix("\tconnections\t") {
+                let _: Result<i64, _> = self.client.hdel(self.keys.app_connections(app), node).await;
+                continue;
+            }
+            let Some((app, channel)) = entry.split_once('\t') else { continue };
+            let Ok(channel) = ChannelName::parse(channel) else { continue };
+            let removed: Vec<String> = match self
+                .client
+                .eval(scripts::REAP_CHANNEL, self.keys.channel_keys(app, channel.as_str()), vec![node])
+                .await
+            {
+                Ok(r) => r,
+                Err(e) => {
+                    tracing::warn!(node, error = %e, "reaping a channel failed");
+                    return; // keep the index; the next reaper tries again
+                }
+            };
+            removed_members += removed.len();
+            for user_id in removed {
+                let msg = BusMessage {
+                    origin: Arc::from(format!("reaper:{node}")),
+                    app_id: Arc::from(app),
+                    channel: channel.clone(),
+                    exclude: None,
+                    published_at_us: now_us(),
+                    payload: BusPayload::Frame(Bytes::from(server::member_removed(channel.as_str(), &user_id))),
+                };
+                if let Err(e) = self.publish_raw(self.keys.topic(app, &channel), wire::encode(&msg)).await {
+                    tracing::warn!(node, error = %e, "announcing a reaped member failed");
+                }
+            }
+        }
+        let _: Result<i64, _> = self.client.del(&index).await;
+        if node != self.cfg.node_id {
+            let _: Result<i64, _> = self.client.zrem(self.keys.nodes(), node).await;
+            tracing::info!(node, entries = entries.len(), removed_members, "removed the state of a dead node");
+        }
+    }
+
+    /// Finds nodes whose lease expired and reaps each one that this node wins the lock for.
+    async fn reap_expired(&self) {
+        let expired: Vec<String> =
+            match self.client.zrangebyscore(self.keys.nodes(), "-inf", now_ms() as f64, false, None).await {
+                Ok(n) => n,
+                Err(_) => return,
+            };
+        for node in expired {
+            if node == self.cfg.node_id {
+                continue;
+            }
+            let lock: Result<Option<String>, _> = self
+                .client
+                .set(
+                    self.keys.reap_lock(&node),
+                    self.cfg.node_id.as_str(),
+                    Some(Expiration::PX(self.cfg.lease.as_millis() as i64 * 3)),
+                    Some(SetOptions::NX),
+                    false,
+                )
+                .await;
+            if matches!(lock, Ok(Some(_))) {
+                self.reap(&node).await;
+            }
+        }
+    }
+
+    /// Writes this node's state again (after Redis restarted empty, or a failover).
+    async fn resync(&self) -> Result<(), Error> {
+        self.renew_lease().await?;
+        let keys: Vec<ChannelKey> = self.local_counts.iter().map(|e| e.key().clone()).collect();
+        self.dirty.lock().extend(keys);
+        self.flush_counts().await?;
+        let index = self.keys.node_index(&self.cfg.node_id);
+        let members: Vec<((ChannelKey, SocketId), Member)> =
+            self.local_members.iter().map(|e| (e.key().clone(), e.value().clone())).collect();
+        for (((app, channel), socket), member) in members {
+            let _: i64 = self.client.sadd(&index, index_channel(&app, channel.as_str())).await?;
+            let args = vec![
+                member.user_id.clone(),
+                member.user_info.clone().unwrap_or_default(),
+                self.socket_field(socket),
+                i64::MAX.to_string(),
+            ];
+            let _: Value = self.client.eval(scripts::PRESENCE_JOIN, self.keys.channel_keys(&app, channel.as_str())[..3].to_vec(), args).await?;
+        }
+        let conns: Vec<(Arc<str>, u64)> = self.local_connections.iter().map(|e| (e.key().clone(), *e.value())).collect();
+        for (app, n) in conns {
+            let _: i64 = self.client.sadd(&index, index_connections(&app)).await?;
+            let _: () = self.client.hset(self.keys.app_connections(&app), (self.cfg.node_id.as_str(), n as i64)).await?;
+        }
+        Ok(())
+    }
+
+    fn update_ready(&self) {
+        let ready = self.client.is_connected() && self.subscriber.is_connected() && !self.resyncing.load(Ordering::Acquire);
+        let was = self.ready.swap(ready, Ordering::AcqRel);
+        if was != ready {
+            metrics::gauge!("herald_bus_connected").set(if ready { 1.0 } else { 0.0 });
+            if ready {
+                tracing::info!("cluster bus ready");
+            } else {
+                tracing::warn!("cluster bus not ready");
+            }
+        }
+    }
+}
+
+async fn receive_loop(inner: Arc<Inner>) {
+    let mut rx = inner.subscriber.message_rx();
+    loop {
+        match rx.recv().await {
+            Ok(message) => {
+                let Some(bytes) = message.value.into_bytes() else { continue };
+                let Some(msg) = wire::decode(bytes) else {
+                    tracing::warn!("dropped a malformed bus message");
+                    continue;
+                };
+                metrics::counter!("herald_bus_messages_received_total").increment(1);
+                metrics::histogram!("herald_bus_lag_seconds").record(now_us().saturating_sub(msg.published_at_us) as f64 / 1e6);
+                if let Some(sink) = inner.sink.get() {
+                    sink.deliver(msg);
+                }
+            }
+            Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                tracing::error!(lost = n, "bus receiver fell behind; messages were lost");
+            }
+            Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+        }
+    }
+}
+
+async fn flush_loop(inner: Arc<Inner>) {
+    let mut tick = tokio::time::interval(inner.cfg.flush_interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = inner.flush_now.notified() => {}
+        }
+        if inner.client.is_connected() {
+            if let Err(e) = inner.flush_counts().await {
+                tracing::debug!(error = %e, "flushing subscription counts failed; retrying");
+            }
+            inner.drop_idle_topics().await;
+        }
+    }
+}
+
+async fn lease_loop(inner: Arc<Inner>) {
+    let mut tick = tokio::time::interval(inner.cfg.lease / 3);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        inner.update_ready();
+        if !inner.client.is_connected() {
+            continue;
+        }
+        if let Err(e) = inner.renew_lease().await {
+            tracing::warn!(error = %e, "renewing the node lease failed");
+        }
+        inner.reap_expired().await;
+    }
+}
+
+/// After any reconnect: not ready, re-subscribe every topic, write this node's state again,
+/// wait for the other nodes to do the same, then ready again.
+async fn reconnect_loop(inner: Arc<Inner>) {
+    let mut sub_rx = inner.subscriber.reconnect_rx();
+    let mut cmd_rx = inner.client.reconnect_rx();
+    let mut check = tokio::time::interval(Duration::from_millis(100));
+    loop {
+        let reconnected = tokio::select! {
+            r = sub_rx.recv() => r.is_ok(),
+            r = cmd_rx.recv() => r.is_ok(),
+            _ = check.tick() => { inner.update_ready(); false }
+        };
+        if !reconnected {
+            continue;
+        }
+        metrics::counter!("herald_bus_reconnects_total").increment(1);
+        inner.resyncing.store(true, Ordering::Release);
+        inner.update_ready();
+        loop {
+            let resubscribed = inner.subscriber.resubscribe_all().await;
+            let resynced = match resubscribed {
+                Ok(()) => inner.resync().await,
+                Err(e) => Err(e),
+            };
+            match resynced {
+                Ok(()) => break,
+                Err(e) => {
+                    tracing::warn!(error = %e, "restoring bus state after a reconnect failed; retrying");
+                    tokio::time::sleep(inner.cfg.reconnect_delay).await;
+                }
+            }
+        }
+        // Drain reconnect notices that arrived meanwhile (their work is done).
+        while sub_rx.try_recv().is_ok() || cmd_rx.try_recv().is_ok() {}
+        tokio::time::sleep(inner.cfg.settle).await;
+        inner.resyncing.store(false, Ordering::Release);
+        inner.update_ready();
+    }
+}
+
+/// Fails fast when the bus cannot serve, rather than queueing behind a dead connection.
+fn check_ready(inner: &Inner) -> Result<(), BusError> {
+    if inner.ready.load(Ordering::Acquire) {
+        Ok(())
+    } else {
+        Err(BusError::Unavailable("Redis is not connected or subscriptions are being restored".into()))
+    }
+}
+
+#[async_trait]
+impl Bus for RedisBus {
+    fn attach(&self, sink: Arc<dyn BusSink>) {
+        let _ = self.inner.sink.set(sink);
+    }
+
+    async fn publish(&self, msg: BusMessage) -> Result<(), BusError> {
+        check_ready(&self.inner)?;
+        let topic = self.inner.keys.topic(&msg.app_id, &msg.channel);
+        self.inner.publish_raw(topic, wire::encode(&msg)).await.map_err(unavailable)?;
+        metrics::counter!("herald_bus_messages_published_total").increment(1);
+        Ok(())
+    }
+
+    fn set_interest(&self, app_id: &str, channel: &ChannelName, local: usize) {
+        let inner = &self.inner;
+        let key: ChannelKey = (Arc::from(app_id), channel.clone());
+        if local == 0 {
+            inner.local_counts.remove(&key);
+        } else {
+            inner.local_counts.insert(key.clone(), local);
+        }
+        inner.dirty.lock().insert(key);
+        let topic = inner.keys.topic(app_id, channel);
+        let mut topics = inner.topics.lock();
+        match topics.get_mut(&topic) {
+            Some(t) => t.idle_since = if local == 0 { Some(Instant::now()) } else { None },
+            None if local > 0 => {
+                let (tx, rx) = watch::channel(false);
+                topics.insert(topic.clone(), Topic { state: TopicState::Subscribing(rx), idle_since: None });
+                metrics::gauge!("herald_bus_topics").set(topics.len() as f64);
+                let inner = inner.clone();
+                tokio::spawn(async move {
+                    match inner.subscribe_topics(vec![topic.clone()]).await {
+                        Ok(()) => {
+                            if let Some(t) = inner.topics.lock().get_mut(&topic) {
+                                t.state = TopicState::Subscribed;
+                            }
+                            let _ = tx.send(true);
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %e, "subscribing a topic failed");
+                            inner.topics.lock().remove(&topic);
+                            // Dropping tx tells the waiters it failed.
+                        }
+                    }
+                });
+            }
+            None => {}
+        }
+    }
+
+    async fn await_interest(&self, app_id: &str, channel: &ChannelName) -> Result<(), BusError> {
+        let topic = self.inner.keys.topic(app_id, channel);
+        let rx = match self.inner.topics.lock().get(&topic) {
+            Some(Topic { state: TopicState::Subscribing(rx), .. }) => rx.clone(),
+            _ => return Ok(()),
+        };
+        let mut rx = rx;
+        let wait = tokio::time::timeout(self.inner.cfg.command_timeout * 2, rx.wait_for(|ok| *ok)).await;
+        match wait {
+            Ok(Ok(_)) => Ok(()),
+            _ => Err(BusError::Unavailable("could not subscribe to the channel's topic".into())),
+        }
+    }
+
+    async fn presence_join(
+        &self,
+        app_id: &str,
+        channel: &ChannelName,
+        member: &Member,
+        socket: SocketId,
+        max_members: usize,
+    ) -> Result<PresenceJoin, BusError> {
+        let inner = &self.inner;
+        check_ready(inner)?;
+        let _: i64 = inner
+            .client
+            .sadd(inner.keys.node_index(&inner.cfg.node_id), index_channel(app_id, channel.as_str()))
+            .await
+            .map_err(unavailable)?;
+        let args = vec![
+            member.user_id.clone(),
+            member.user_info.clone().unwrap_or_default(),
+            inner.socket_field(socket),
+            max_members.to_string(),
+        ];
+        let keys = inner.keys.channel_keys(app_id, channel.as_str())[..3].to_vec();
+        let (first, flat): (i64, Vec<String>) = inner.client.eval(scripts::PRESENCE_JOIN, keys, args).await.map_err(unavailable)?;
+        if first < 0 {
+            return Ok(PresenceJoin::Full);
+        }
+        inner.local_members.insert(((Arc::from(app_id), channel.clone()), socket), member.clone());
+        let members = flat
+            .chunks(2)
+            .filter_map(|kv| match kv {
+                [id, info] => Some(Member { user_id: id.clone(), user_info: (!info.is_empty()).then(|| info.clone()) }),
+                _ => None,
+            })
+            .collect();
+        Ok(PresenceJoin::Joined { first: first == 1, members })
+    }
+
+    async fn presence_leave(&self, app_id: &str, channel: &ChannelName, user_id: &str, socket: SocketId) -> Result<bool, BusError> {
+        let inner = &self.inner;
+        inner.local_members.remove(&((Arc::from(app_id), channel.clone()), socket));
+        let keys = inner.keys.channel_keys(app_id, channel.as_str())[..3].to_vec();
+        let last: i64 = inner
+            .client
+            .eval(scripts::PRESENCE_LEAVE, keys, vec![user_id.to_owned(), inner.socket_field(socket)])
+            .await
+            .map_err(unavailable)?;
+        Ok(last == 1)
+    }
+
+    async fn presence_members(&self, app_id: &str, channel: &ChannelName) -> Result<Vec<Member>, BusError> {
+        let map: HashMap<String, String> =
+            self.inner.client.hgetall(self.inner.keys.members(app_id, channel.as_str())).await.map_err(unavailable)?;
+        let mut members: Vec<Member> =
+            map.into_iter().map(|(id, info)| Member { user_id: id, user_info: (!info.is_empty()).then_some(info) }).collect();
+        members.sort_by(|a, b| a.user_id.cmp(&b.user_id));
+        Ok(members)
+    }
+
+    async fn subscription_count(&self, app_id: &str, channel: &ChannelName) -> Result<u64, BusError> {
+        let counts: Vec<i64> = self.inner.client.hvals(self.inner.keys.subs(app_id, channel.as_str())).await.map_err(unavailable)?;
+        Ok(counts.into_iter().filter(|c| *c > 0).sum::<i64>() as u64)
+    }
+
+    async fn channels(&self, app_id: &str, prefix: &str) -> Result<Vec<ChannelStats>, BusError> {
+        let inner = &self.inner;
+        let names: Vec<String> = inner.client.smembers(inner.keys.app_channels(app_id)).await.map_err(unavailable)?;
+        let names: Vec<String> = names.into_iter().filter(|n| n.starts_with(prefix)).collect();
+        let mut out = Vec::new();
+        let mut vacated = Vec::new();
+        for name in names {
+            let Ok(channel) = ChannelName::parse(&name) else { continue };
+            let count = self.subscription_count(app_id, &channel).await?;
+            if count == 0 {
+                vacated.push(name);
+                continue;
+            }
+            let user_count = if name.starts_with("presence-") {
+                let n: i64 = inner.client.hlen(inner.keys.members(app_id, &name)).await.map_err(unavailable)?;
+                Some(n as u64)
+            } else {
+                None
+            };
+            out.push(ChannelStats { name, subscription_count: count, user_count });
+        }
+        if !vacated.is_empty() {
+            let _: Result<i64, _> = inner.client.srem(inner.keys.app_channels(app_id), vacated).await;
+        }
+        Ok(out)
+    }
+
+    async fn connection_opened(&self, app_id: &str, limit: u64) -> Result<bool, BusError> {
+        if limit == 0 {
+            return Ok(true);
+        }
+        let inner = &self.inner;
+        check_ready(inner)?;
+        let counted: i64 = inner
+            .client
+            .eval(scripts::CONNECTION_OPEN, vec![inner.keys.app_connections(app_id)], vec![inner.cfg.node_id.clone(), limit.to_string()])
+            .await
+            .map_err(unavailable)?;
+        if counted == 1 {
+            let mut n = inner.local_connections.entry(Arc::from(app_id)).or_insert(0);
+            *n += 1;
+            if *n == 1 {
+                drop(n);
+                let _: Result<i64, _> =
+                    inner.client.sadd(inner.keys.node_index(&inner.cfg.node_id), index_connections(app_id)).await;
+            }
+        }
+        Ok(counted == 1)
+    }
+
+    fn connection_closed(&self, app_id: &str) {
+        let counted = match self.inner.local_connections.get_mut(app_id) {
+            Some(mut n) if *n > 0 => {
+                *n -= 1;
+                true
+            }
+            _ => false,
+        };
+        if counted {
+            let inner = self.inner.clone();
+            let key = inner.keys.app_connections(app_id);
+            tokio::spawn(async move {
+                let _: Result<i64, _> = inner.client.hincrby(key, inner.cfg.node_id.as_str(), -1).await;
+            });
+        }
+    }
+
+    fn is_ready(&self) -> bool {
+        self.inner.ready.load(Ordering::Acquire)
+    }
+}

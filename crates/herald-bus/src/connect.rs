@@ -1,0 +1,121 @@
+//! Building fred clients from Herald's bus settings: one Redis, Redis Cluster, or Sentinel,
+//! with `rediss://` TLS and credentials taken from the URLs.
+
+use std::time::Duration;
+
+use fred::clients::SubscriberClient;
+use fred::prelude::*;
+use fred::types::config::{ClusterDiscoveryPolicy, Server};
+
+use crate::RedisBusConfig;
+
+/// Which kind of Redis deployment the bus talks to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Topology {
+    Single,
+    Cluster,
+    Sentinel,
+}
+
+fn server_of(url: &str) -> Result<(Config, Server), Error> {
+    let config = Config::from_url(url)?;
+    let server = match &config.server {
+        ServerConfig::Centralized { server } => server.clone(),
+        ServerConfig::Clustered { hosts, .. } | ServerConfig::Sentinel { hosts, .. } => hosts
+            .first()
+            .cloned()
+            .ok_or_else(|| Error::new(ErrorKind::Config, format!("no host in {url}")))?,
+        #[allow(unreachable_patterns)]
+        _ => return Err(Error::new(ErrorKind::Config, format!("unsupported Redis URL {url}"))),
+    };
+    Ok((config, server))
+}
+
+/// The fred configuration for the given settings.
+pub fn fred_config(cfg: &RedisBusConfig) -> Result<(Config, Topology), Error> {
+    if !cfg.cluster_urls.is_empty() {
+        let mut hosts = Vec::new();
+        let mut base = None;
+        for url in &cfg.cluster_urls {
+            let (config, server) = server_of(url)?;
+            hosts.push(server);
+            base.get_or_insert(config);
+        }
+        let mut config = base.ok_or_else(|| Error::new(ErrorKind::Config, "bus.cluster_urls is empty"))?;
+        config.server = ServerConfig::Clustered { hosts, policy: ClusterDiscoveryPolicy::default() };
+        return Ok((config, Topology::Cluster));
+    }
+    if !cfg.sentinel_urls.is_empty() {
+        let mut hosts = Vec::new();
+        let mut base = None;
+        for url in &cfg.sentinel_urls {
+            let (config, server) = server_of(url)?;
+            hosts.push(server);
+            base.get_or_insert(config);
+        }
+        let mut config = base.ok_or_else(|| Error::new(ErrorKind::Config, "bus.sentinel_urls is empty"))?;
+        let service_name = cfg
+            .sentinel_master
+            .clone()
+            .ok_or_else(|| Error::new(ErrorKind::Config, "bus.sentinel_master is required with sentinels"))?;
+        config.server = ServerConfig::Sentinel { hosts, service_name };
+        return Ok((config, Topology::Sentinel));
+    }
+    let url = cfg.url.as_deref().ok_or_else(|| Error::new(ErrorKind::Config, "bus.url is required"))?;
+    Ok((Config::from_url_centralized(url)?, Topology::Single))
+}
+
+/// A command client and a subscriber client, not yet connected.
+pub fn build(cfg: &RedisBusConfig) -> Result<(Client, SubscriberClient, Topology), Error> {
+    let (mut config, topology) = fred_config(cfg)?;
+    config.fail_fast = true;
+    let mut builder = Builder::from_config(config);
+    builder
+        .with_performance_config(|p| {
+            p.default_command_timeout = cfg.command_timeout;
+            // Bus messages are read by one task that only pushes into outboxes.
+            p.broadcast_channel_capacity = 1 << 16;
+        })
+        .with_connection_config(|c| {
+            c.connection_timeout = Duration::from_secs(2);
+            c.internal_command_timeout = Duration::from_secs(2);
+            c.max_command_attempts = 2;
+        })
+        .set_policy(ReconnectPolicy::new_constant(0, cfg.reconnect_delay.as_millis() as u32));
+    let client = builder.build()?;
+    let subscriber = builder.build_subscriber_client()?;
+    Ok((client, subscriber, topology))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg() -> RedisBusConfig {
+        RedisBusConfig::new("n1")
+    }
+
+    #[test]
+    fn single_cluster_and_sentinel() {
+        let mut c = cfg();
+        c.url = Some("redis://user:pw@127.0.0.1:6380/0".into());
+        let (config, t) = fred_config(&c).expect("ok");
+        assert_eq!(t, Topology::Single);
+        assert_eq!(config.username.as_deref(), Some("user"));
+        assert_eq!(config.password.as_deref(), Some("pw"));
+
+        let mut c = cfg();
+        c.cluster_urls = vec!["redis://127.0.0.1:7000".into(), "redis://127.0.0.1:7001".into()];
+        let (config, t) = fred_config(&c).expect("ok");
+        assert_eq!(t, Topology::Cluster);
+        assert!(matches!(config.server, ServerConfig::Clustered { ref hosts, .. } if hosts.len() == 2));
+
+        let mut c = cfg();
+        c.sentinel_urls = vec!["redis://127.0.0.1:26379".into()];
+        assert!(fred_config(&c).is_err(), "sentinel needs a master name");
+        c.sentinel_master = Some("mymaster".into());
+        let (config, t) = fred_config(&c).expect("ok");
+        assert_eq!(t, Topology::Sentinel);
+        assert!(matches!(config.server, ServerConfig::Sentinel { ref service_name, .. } if service_name == "mymaster"));
+    }
+}
