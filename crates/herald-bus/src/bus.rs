@@ -72,7 +72,9 @@ struct Inner {
 
 impl std::fmt::Debug for RedisBus {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RedisBus").field("node", &self.inner.cfg.node_id).finish_non_exhaustive()
+        f.debug_struct("RedisBus")
+            .field("node", &self.inner.cfg.node_id)
+            .finish_non_exhaustive()
     }
 }
 
@@ -81,17 +83,24 @@ fn unavailable(e: impl std::fmt::Display) -> BusError {
 }
 
 fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }
 
 fn now_us() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_micros() as u64).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_micros() as u64)
+        .unwrap_or(0)
 }
 
 impl RedisBus {
     /// Connects to Redis and starts the bus's background tasks.
     pub async fn connect(cfg: RedisBusConfig) -> Result<Self, BusError> {
-        let (client, subscriber, topology) = connect::build(&cfg).map_err(|e| BusError::Backend(e.to_string()))?;
+        let (client, subscriber, topology) =
+            connect::build(&cfg).map_err(|e| BusError::Backend(e.to_string()))?;
         client.init().await.map_err(unavailable)?;
         subscriber.init().await.map_err(unavailable)?;
         let inner = Arc::new(Inner {
@@ -178,7 +187,17 @@ impl Inner {
 
     async fn renew_lease(&self) -> Result<(), Error> {
         let expiry = now_ms() + self.cfg.lease.as_millis() as u64;
-        let _: i64 = self.client.zadd(self.keys.nodes(), None, None, false, false, (expiry as f64, self.cfg.node_id.as_str())).await?;
+        let _: i64 = self
+            .client
+            .zadd(
+                self.keys.nodes(),
+                None,
+                None,
+                false,
+                false,
+                (expiry as f64, self.cfg.node_id.as_str()),
+            )
+            .await?;
         Ok(())
     }
 
@@ -193,16 +212,30 @@ impl Inner {
         let node = self.cfg.node_id.as_str();
         let index = self.keys.node_index(node);
         for (app, channel) in &dirty {
-            let count = self.local_counts.get(&(app.clone(), channel.clone())).map(|c| *c).unwrap_or(0);
+            let count = self
+                .local_counts
+                .get(&(app.clone(), channel.clone()))
+                .map(|c| *c)
+                .unwrap_or(0);
             let subs = self.keys.subs(app, channel.as_str());
             if count > 0 {
                 let _: () = pipeline.hset(subs, (node, count as i64)).await?;
-                let _: () = pipeline.sadd(self.keys.app_channels(app), channel.as_str()).await?;
-                let _: () = pipeline.sadd(index.clone(), index_channel(app, channel.as_str())).await?;
+                let _: () = pipeline
+                    .sadd(self.keys.app_channels(app), channel.as_str())
+                    .await?;
+                let _: () = pipeline
+                    .sadd(index.clone(), index_channel(app, channel.as_str()))
+                    .await?;
             } else {
                 let _: () = pipeline.hdel(subs, node).await?;
-                if !self.local_members.iter().any(|e| e.key().0 .0 == *app && e.key().0 .1 == *channel) {
-                    let _: () = pipeline.srem(index.clone(), index_channel(app, channel.as_str())).await?;
+                if !self
+                    .local_members
+                    .iter()
+                    .any(|e| e.key().0 .0 == *app && e.key().0 .1 == *channel)
+                {
+                    let _: () = pipeline
+                        .srem(index.clone(), index_channel(app, channel.as_str()))
+                        .await?;
                 }
             }
         }
@@ -221,7 +254,10 @@ impl Inner {
             let mut topics = self.topics.lock();
             let names: Vec<String> = topics
                 .iter()
-                .filter(|(_, t)| t.idle_since.is_some_and(|s| s.elapsed() >= delay) && matches!(t.state, TopicState::Subscribed))
+                .filter(|(_, t)| {
+                    t.idle_since.is_some_and(|s| s.elapsed() >= delay)
+                        && matches!(t.state, TopicState::Subscribed)
+                })
                 .map(|(n, _)| n.clone())
                 .collect();
             for n in &names {
@@ -249,14 +285,23 @@ impl Inner {
         let mut removed_members = 0usize;
         for entry in &entries {
             if let Some(app) = entry.strip_prefix("\tconnections\t") {
-                let _: Result<i64, _> = self.client.hdel(self.keys.app_connections(app), node).await;
+                let _: Result<i64, _> =
+                    self.client.hdel(self.keys.app_connections(app), node).await;
                 continue;
             }
-            let Some((app, channel)) = entry.split_once('\t') else { continue };
-            let Ok(channel) = ChannelName::parse(channel) else { continue };
+            let Some((app, channel)) = entry.split_once('\t') else {
+                continue;
+            };
+            let Ok(channel) = ChannelName::parse(channel) else {
+                continue;
+            };
             let removed: Vec<String> = match self
                 .client
-                .eval(scripts::REAP_CHANNEL, self.keys.channel_keys(app, channel.as_str()), vec![node])
+                .eval(
+                    scripts::REAP_CHANNEL,
+                    self.keys.channel_keys(app, channel.as_str()),
+                    vec![node],
+                )
                 .await
             {
                 Ok(r) => r,
@@ -273,9 +318,15 @@ impl Inner {
                     channel: channel.clone(),
                     exclude: None,
                     published_at_us: now_us(),
-                    payload: BusPayload::Frame(Bytes::from(server::member_removed(channel.as_str(), &user_id))),
+                    payload: BusPayload::Frame(Bytes::from(server::member_removed(
+                        channel.as_str(),
+                        &user_id,
+                    ))),
                 };
-                if let Err(e) = self.publish_raw(self.keys.topic(app, &channel), wire::encode(&msg)).await {
+                if let Err(e) = self
+                    .publish_raw(self.keys.topic(app, &channel), wire::encode(&msg))
+                    .await
+                {
                     tracing::warn!(node, error = %e, "announcing a reaped member failed");
                 }
             }
@@ -283,17 +334,25 @@ impl Inner {
         let _: Result<i64, _> = self.client.del(&index).await;
         if node != self.cfg.node_id {
             let _: Result<i64, _> = self.client.zrem(self.keys.nodes(), node).await;
-            tracing::info!(node, entries = entries.len(), removed_members, "removed the state of a dead node");
+            tracing::info!(
+                node,
+                entries = entries.len(),
+                removed_members,
+                "removed the state of a dead node"
+            );
         }
     }
 
     /// Finds nodes whose lease expired and reaps each one that this node wins the lock for.
     async fn reap_expired(&self) {
-        let expired: Vec<String> =
-            match self.client.zrangebyscore(self.keys.nodes(), "-inf", now_ms() as f64, false, None).await {
-                Ok(n) => n,
-                Err(_) => return,
-            };
+        let expired: Vec<String> = match self
+            .client
+            .zrangebyscore(self.keys.nodes(), "-inf", now_ms() as f64, false, None)
+            .await
+        {
+            Ok(n) => n,
+            Err(_) => return,
+        };
         for node in expired {
             if node == self.cfg.node_id {
                 continue;
@@ -321,28 +380,53 @@ impl Inner {
         self.dirty.lock().extend(keys);
         self.flush_counts().await?;
         let index = self.keys.node_index(&self.cfg.node_id);
-        let members: Vec<((ChannelKey, SocketId), Member)> =
-            self.local_members.iter().map(|e| (e.key().clone(), e.value().clone())).collect();
+        let members: Vec<((ChannelKey, SocketId), Member)> = self
+            .local_members
+            .iter()
+            .map(|e| (e.key().clone(), e.value().clone()))
+            .collect();
         for (((app, channel), socket), member) in members {
-            let _: i64 = self.client.sadd(&index, index_channel(&app, channel.as_str())).await?;
+            let _: i64 = self
+                .client
+                .sadd(&index, index_channel(&app, channel.as_str()))
+                .await?;
             let args = vec![
                 member.user_id.clone(),
                 member.user_info.clone().unwrap_or_default(),
                 self.socket_field(socket),
                 i64::MAX.to_string(),
             ];
-            let _: Value = self.client.eval(scripts::PRESENCE_JOIN, self.keys.channel_keys(&app, channel.as_str())[..3].to_vec(), args).await?;
+            let _: Value = self
+                .client
+                .eval(
+                    scripts::PRESENCE_JOIN,
+                    self.keys.channel_keys(&app, channel.as_str())[..3].to_vec(),
+                    args,
+                )
+                .await?;
         }
-        let conns: Vec<(Arc<str>, u64)> = self.local_connections.iter().map(|e| (e.key().clone(), *e.value())).collect();
+        let conns: Vec<(Arc<str>, u64)> = self
+            .local_connections
+            .iter()
+            .map(|e| (e.key().clone(), *e.value()))
+            .collect();
         for (app, n) in conns {
             let _: i64 = self.client.sadd(&index, index_connections(&app)).await?;
-            let _: () = self.client.hset(self.keys.app_connections(&app), (self.cfg.node_id.as_str(), n as i64)).await?;
+            let _: () = self
+                .client
+                .hset(
+                    self.keys.app_connections(&app),
+                    (self.cfg.node_id.as_str(), n as i64),
+                )
+                .await?;
         }
         Ok(())
     }
 
     fn update_ready(&self) {
-        let ready = self.client.is_connected() && self.subscriber.is_connected() && !self.resyncing.load(Ordering::Acquire);
+        let ready = self.client.is_connected()
+            && self.subscriber.is_connected()
+            && !self.resyncing.load(Ordering::Acquire);
         let was = self.ready.swap(ready, Ordering::AcqRel);
         if was != ready {
             metrics::gauge!("herald_bus_connected").set(if ready { 1.0 } else { 0.0 });
@@ -360,13 +444,16 @@ async fn receive_loop(inner: Arc<Inner>) {
     loop {
         match rx.recv().await {
             Ok(message) => {
-                let Some(bytes) = message.value.into_bytes() else { continue };
+                let Some(bytes) = message.value.into_bytes() else {
+                    continue;
+                };
                 let Some(msg) = wire::decode(bytes) else {
                     tracing::warn!("dropped a malformed bus message");
                     continue;
                 };
                 metrics::counter!("herald_bus_messages_received_total").increment(1);
-                metrics::histogram!("herald_bus_lag_seconds").record(now_us().saturating_sub(msg.published_at_us) as f64 / 1e6);
+                metrics::histogram!("herald_bus_lag_seconds")
+                    .record(now_us().saturating_sub(msg.published_at_us) as f64 / 1e6);
                 if let Some(sink) = inner.sink.get() {
                     sink.deliver(msg);
                 }
@@ -457,7 +544,9 @@ fn check_ready(inner: &Inner) -> Result<(), BusError> {
     if inner.ready.load(Ordering::Acquire) {
         Ok(())
     } else {
-        Err(BusError::Unavailable("Redis is not connected or subscriptions are being restored".into()))
+        Err(BusError::Unavailable(
+            "Redis is not connected or subscriptions are being restored".into(),
+        ))
     }
 }
 
@@ -470,7 +559,10 @@ impl Bus for RedisBus {
     async fn publish(&self, msg: BusMessage) -> Result<(), BusError> {
         check_ready(&self.inner)?;
         let topic = self.inner.keys.topic(&msg.app_id, &msg.channel);
-        self.inner.publish_raw(topic, wire::encode(&msg)).await.map_err(unavailable)?;
+        self.inner
+            .publish_raw(topic, wire::encode(&msg))
+            .await
+            .map_err(unavailable)?;
         metrics::counter!("herald_bus_messages_published_total").increment(1);
         Ok(())
     }
@@ -487,10 +579,22 @@ impl Bus for RedisBus {
         let topic = inner.keys.topic(app_id, channel);
         let mut topics = inner.topics.lock();
         match topics.get_mut(&topic) {
-            Some(t) => t.idle_since = if local == 0 { Some(Instant::now()) } else { None },
+            Some(t) => {
+                t.idle_since = if local == 0 {
+                    Some(Instant::now())
+                } else {
+                    None
+                }
+            }
             None if local > 0 => {
                 let (tx, rx) = watch::channel(false);
-                topics.insert(topic.clone(), Topic { state: TopicState::Subscribing(rx), idle_since: None });
+                topics.insert(
+                    topic.clone(),
+                    Topic {
+                        state: TopicState::Subscribing(rx),
+                        idle_since: None,
+                    },
+                );
                 metrics::gauge!("herald_bus_topics").set(topics.len() as f64);
                 let inner = inner.clone();
                 tokio::spawn(async move {
@@ -516,14 +620,20 @@ impl Bus for RedisBus {
     async fn await_interest(&self, app_id: &str, channel: &ChannelName) -> Result<(), BusError> {
         let topic = self.inner.keys.topic(app_id, channel);
         let rx = match self.inner.topics.lock().get(&topic) {
-            Some(Topic { state: TopicState::Subscribing(rx), .. }) => rx.clone(),
+            Some(Topic {
+                state: TopicState::Subscribing(rx),
+                ..
+            }) => rx.clone(),
             _ => return Ok(()),
         };
         let mut rx = rx;
-        let wait = tokio::time::timeout(self.inner.cfg.command_timeout * 2, rx.wait_for(|ok| *ok)).await;
+        let wait =
+            tokio::time::timeout(self.inner.cfg.command_timeout * 2, rx.wait_for(|ok| *ok)).await;
         match wait {
             Ok(Ok(_)) => Ok(()),
-            _ => Err(BusError::Unavailable("could not subscribe to the channel's topic".into())),
+            _ => Err(BusError::Unavailable(
+                "could not subscribe to the channel's topic".into(),
+            )),
         }
     }
 
@@ -539,7 +649,10 @@ impl Bus for RedisBus {
         check_ready(inner)?;
         let _: i64 = inner
             .client
-            .sadd(inner.keys.node_index(&inner.cfg.node_id), index_channel(app_id, channel.as_str()))
+            .sadd(
+                inner.keys.node_index(&inner.cfg.node_id),
+                index_channel(app_id, channel.as_str()),
+            )
             .await
             .map_err(unavailable)?;
         let args = vec![
@@ -549,70 +662,137 @@ impl Bus for RedisBus {
             max_members.to_string(),
         ];
         let keys = inner.keys.channel_keys(app_id, channel.as_str())[..3].to_vec();
-        let (first, flat): (i64, Vec<String>) = inner.client.eval(scripts::PRESENCE_JOIN, keys, args).await.map_err(unavailable)?;
+        let (first, flat): (i64, Vec<String>) = inner
+            .client
+            .eval(scripts::PRESENCE_JOIN, keys, args)
+            .await
+            .map_err(unavailable)?;
         if first < 0 {
             return Ok(PresenceJoin::Full);
         }
-        inner.local_members.insert(((Arc::from(app_id), channel.clone()), socket), member.clone());
+        inner.local_members.insert(
+            ((Arc::from(app_id), channel.clone()), socket),
+            member.clone(),
+        );
         let members = flat
             .chunks(2)
             .filter_map(|kv| match kv {
-                [id, info] => Some(Member { user_id: id.clone(), user_info: (!info.is_empty()).then(|| info.clone()) }),
+                [id, info] => Some(Member {
+                    user_id: id.clone(),
+                    user_info: (!info.is_empty()).then(|| info.clone()),
+                }),
                 _ => None,
             })
             .collect();
-        Ok(PresenceJoin::Joined { first: first == 1, members })
+        Ok(PresenceJoin::Joined {
+            first: first == 1,
+            members,
+        })
     }
 
-    async fn presence_leave(&self, app_id: &str, channel: &ChannelName, user_id: &str, socket: SocketId) -> Result<bool, BusError> {
+    async fn presence_leave(
+        &self,
+        app_id: &str,
+        channel: &ChannelName,
+        user_id: &str,
+        socket: SocketId,
+    ) -> Result<bool, BusError> {
         let inner = &self.inner;
-        inner.local_members.remove(&((Arc::from(app_id), channel.clone()), socket));
+        inner
+            .local_members
+            .remove(&((Arc::from(app_id), channel.clone()), socket));
         let keys = inner.keys.channel_keys(app_id, channel.as_str())[..3].to_vec();
         let last: i64 = inner
             .client
-            .eval(scripts::PRESENCE_LEAVE, keys, vec![user_id.to_owned(), inner.socket_field(socket)])
+            .eval(
+                scripts::PRESENCE_LEAVE,
+                keys,
+                vec![user_id.to_owned(), inner.socket_field(socket)],
+            )
             .await
             .map_err(unavailable)?;
         Ok(last == 1)
     }
 
-    async fn presence_members(&self, app_id: &str, channel: &ChannelName) -> Result<Vec<Member>, BusError> {
-        let map: HashMap<String, String> =
-            self.inner.client.hgetall(self.inner.keys.members(app_id, channel.as_str())).await.map_err(unavailable)?;
-        let mut members: Vec<Member> =
-            map.into_iter().map(|(id, info)| Member { user_id: id, user_info: (!info.is_empty()).then_some(info) }).collect();
+    async fn presence_members(
+        &self,
+        app_id: &str,
+        channel: &ChannelName,
+    ) -> Result<Vec<Member>, BusError> {
+        let map: HashMap<String, String> = self
+            .inner
+            .client
+            .hgetall(self.inner.keys.members(app_id, channel.as_str()))
+            .await
+            .map_err(unavailable)?;
+        let mut members: Vec<Member> = map
+            .into_iter()
+            .map(|(id, info)| Member {
+                user_id: id,
+                user_info: (!info.is_empty()).then_some(info),
+            })
+            .collect();
         members.sort_by(|a, b| a.user_id.cmp(&b.user_id));
         Ok(members)
     }
 
-    async fn subscription_count(&self, app_id: &str, channel: &ChannelName) -> Result<u64, BusError> {
-        let counts: Vec<i64> = self.inner.client.hvals(self.inner.keys.subs(app_id, channel.as_str())).await.map_err(unavailable)?;
+    async fn subscription_count(
+        &self,
+        app_id: &str,
+        channel: &ChannelName,
+    ) -> Result<u64, BusError> {
+        let counts: Vec<i64> = self
+            .inner
+            .client
+            .hvals(self.inner.keys.subs(app_id, channel.as_str()))
+            .await
+            .map_err(unavailable)?;
         Ok(counts.into_iter().filter(|c| *c > 0).sum::<i64>() as u64)
     }
 
     async fn channels(&self, app_id: &str, prefix: &str) -> Result<Vec<ChannelStats>, BusError> {
         let inner = &self.inner;
-        let names: Vec<String> = inner.client.smembers(inner.keys.app_channels(app_id)).await.map_err(unavailable)?;
-        let names: Vec<String> = names.into_iter().filter(|n| n.starts_with(prefix)).collect();
+        let names: Vec<String> = inner
+            .client
+            .smembers(inner.keys.app_channels(app_id))
+            .await
+            .map_err(unavailable)?;
+        let names: Vec<String> = names
+            .into_iter()
+            .filter(|n| n.starts_with(prefix))
+            .collect();
         let mut out = Vec::new();
         let mut vacated = Vec::new();
         for name in names {
-            let Ok(channel) = ChannelName::parse(&name) else { continue };
+            let Ok(channel) = ChannelName::parse(&name) else {
+                continue;
+            };
             let count = self.subscription_count(app_id, &channel).await?;
             if count == 0 {
                 vacated.push(name);
                 continue;
             }
             let user_count = if name.starts_with("presence-") {
-                let n: i64 = inner.client.hlen(inner.keys.members(app_id, &name)).await.map_err(unavailable)?;
+                let n: i64 = inner
+                    .client
+                    .hlen(inner.keys.members(app_id, &name))
+                    .await
+                    .map_err(unavailable)?;
                 Some(n as u64)
             } else {
                 None
             };
-            out.push(ChannelStats { name, subscription_count: count, user_count });
+            out.push(ChannelStats {
+                name,
+                subscription_count: count,
+                user_count,
+            });
         }
         if !vacated.is_empty() {
-            let _: Result<i64, _> = inner.client.srem(inner.keys.app_channels(app_id), vacated).await;
+            let _: Result<i64, _> = inner
+                .client
+                .srem(inner.keys.app_channels(app_id), vacated)
+                .await;
         }
         Ok(out)
     }
@@ -625,16 +805,28 @@ impl Bus for RedisBus {
         check_ready(inner)?;
         let counted: i64 = inner
             .client
-            .eval(scripts::CONNECTION_OPEN, vec![inner.keys.app_connections(app_id)], vec![inner.cfg.node_id.clone(), limit.to_string()])
+            .eval(
+                scripts::CONNECTION_OPEN,
+                vec![inner.keys.app_connections(app_id)],
+                vec![inner.cfg.node_id.clone(), limit.to_string()],
+            )
             .await
             .map_err(unavailable)?;
         if counted == 1 {
-            let mut n = inner.local_connections.entry(Arc::from(app_id)).or_insert(0);
+            let mut n = inner
+                .local_connections
+                .entry(Arc::from(app_id))
+                .or_insert(0);
             *n += 1;
             if *n == 1 {
                 drop(n);
-                let _: Result<i64, _> =
-                    inner.client.sadd(inner.keys.node_index(&inner.cfg.node_id), index_connections(app_id)).await;
+                let _: Result<i64, _> = inner
+                    .client
+                    .sadd(
+                        inner.keys.node_index(&inner.cfg.node_id),
+                        index_connections(app_id),
+                    )
+                    .await;
             }
         }
         Ok(counted == 1)
@@ -652,7 +844,10 @@ impl Bus for RedisBus {
             let inner = self.inner.clone();
             let key = inner.keys.app_connections(app_id);
             tokio::spawn(async move {
-                let _: Result<i64, _> = inner.client.hincrby(key, inner.cfg.node_id.as_str(), -1).await;
+                let _: Result<i64, _> = inner
+                    .client
+                    .hincrby(key, inner.cfg.node_id.as_str(), -1)
+                    .await;
             });
         }
     }

@@ -26,7 +26,12 @@ fn server_of(url: &str) -> Result<(Config, Server), Error> {
             .cloned()
             .ok_or_else(|| Error::new(ErrorKind::Config, format!("no host in {url}")))?,
         #[allow(unreachable_patterns)]
-        _ => return Err(Error::new(ErrorKind::Config, format!("unsupported Redis URL {url}"))),
+        _ => {
+            return Err(Error::new(
+                ErrorKind::Config,
+                format!("unsupported Redis URL {url}"),
+            ))
+        }
     };
     Ok((config, server))
 }
@@ -41,8 +46,12 @@ pub fn fred_config(cfg: &RedisBusConfig) -> Result<(Config, Topology), Error> {
             hosts.push(server);
             base.get_or_insert(config);
         }
-        let mut config = base.ok_or_else(|| Error::new(ErrorKind::Config, "bus.cluster_urls is empty"))?;
-        config.server = ServerConfig::Clustered { hosts, policy: ClusterDiscoveryPolicy::default() };
+        let mut config =
+            base.ok_or_else(|| Error::new(ErrorKind::Config, "bus.cluster_urls is empty"))?;
+        config.server = ServerConfig::Clustered {
+            hosts,
+            policy: ClusterDiscoveryPolicy::default(),
+        };
         return Ok((config, Topology::Cluster));
     }
     if !cfg.sentinel_urls.is_empty() {
@@ -53,15 +62,24 @@ pub fn fred_config(cfg: &RedisBusConfig) -> Result<(Config, Topology), Error> {
             hosts.push(server);
             base.get_or_insert(config);
         }
-        let mut config = base.ok_or_else(|| Error::new(ErrorKind::Config, "bus.sentinel_urls is empty"))?;
-        let service_name = cfg
-            .sentinel_master
-            .clone()
-            .ok_or_else(|| Error::new(ErrorKind::Config, "bus.sentinel_master is required with sentinels"))?;
-        config.server = ServerConfig::Sentinel { hosts, service_name };
+        let mut config =
+            base.ok_or_else(|| Error::new(ErrorKind::Config, "bus.sentinel_urls is empty"))?;
+        let service_name = cfg.sentinel_master.clone().ok_or_else(|| {
+            Error::new(
+                ErrorKind::Config,
+                "bus.sentinel_master is required with sentinels",
+            )
+        })?;
+        config.server = ServerConfig::Sentinel {
+            hosts,
+            service_name,
+        };
         return Ok((config, Topology::Sentinel));
     }
-    let url = cfg.url.as_deref().ok_or_else(|| Error::new(ErrorKind::Config, "bus.url is required"))?;
+    let url = cfg
+        .url
+        .as_deref()
+        .ok_or_else(|| Error::new(ErrorKind::Config, "bus.url is required"))?;
     Ok((Config::from_url_centralized(url)?, Topology::Single))
 }
 
@@ -81,7 +99,10 @@ pub fn build(cfg: &RedisBusConfig) -> Result<(Client, SubscriberClient, Topology
             c.internal_command_timeout = Duration::from_secs(2);
             c.max_command_attempts = 2;
         })
-        .set_policy(ReconnectPolicy::new_constant(0, cfg.reconnect_delay.as_millis() as u32));
+        .set_policy(ReconnectPolicy::new_constant(
+            0,
+            cfg.reconnect_delay.as_millis() as u32,
+        ));
     let client = builder.build()?;
     let subscriber = builder.build_subscriber_client()?;
     Ok((client, subscriber, topology))
@@ -105,10 +126,15 @@ mod tests {
         assert_eq!(config.password.as_deref(), Some("pw"));
 
         let mut c = cfg();
-        c.cluster_urls = vec!["redis://127.0.0.1:7000".into(), "redis://127.0.0.1:7001".into()];
+        c.cluster_urls = vec![
+            "redis://127.0.0.1:7000".into(),
+            "redis://127.0.0.1:7001".into(),
+        ];
         let (config, t) = fred_config(&c).expect("ok");
         assert_eq!(t, Topology::Cluster);
-        assert!(matches!(config.server, ServerConfig::Clustered { ref hosts, .. } if hosts.len() == 2));
+        assert!(
+            matches!(config.server, ServerConfig::Clustered { ref hosts, .. } if hosts.len() == 2)
+        );
 
         let mut c = cfg();
         c.sentinel_urls = vec!["redis://127.0.0.1:26379".into()];
@@ -116,6 +142,8 @@ mod tests {
         c.sentinel_master = Some("mymaster".into());
         let (config, t) = fred_config(&c).expect("ok");
         assert_eq!(t, Topology::Sentinel);
-        assert!(matches!(config.server, ServerConfig::Sentinel { ref service_name, .. } if service_name == "mymaster"));
+        assert!(
+            matches!(config.server, ServerConfig::Sentinel { ref service_name, .. } if service_name == "mymaster")
+        );
     }
 }

@@ -11,7 +11,9 @@ pub struct Keys {
 
 impl Keys {
     pub fn new(prefix: &str) -> Self {
-        Keys { prefix: prefix.to_owned() }
+        Keys {
+            prefix: prefix.to_owned(),
+        }
     }
 
     fn tag(&self, app: &str, channel: &str) -> String {
@@ -45,7 +47,12 @@ impl Keys {
 
     /// The four keys of a channel, in the order the scripts take them.
     pub fn channel_keys(&self, app: &str, channel: &str) -> Vec<String> {
-        vec![self.members(app, channel), self.sockets(app, channel), self.user_sockets(app, channel), self.subs(app, channel)]
+        vec![
+            self.members(app, channel),
+            self.sockets(app, channel),
+            self.user_sockets(app, channel),
+            self.subs(app, channel),
+        ]
     }
 
     /// Set of an app's channels that some node holds subscribers of.

@@ -22,7 +22,8 @@ pub fn encode(msg: &BusMessage) -> Bytes {
     let origin = msg.origin.as_bytes();
     let app = msg.app_id.as_bytes();
     let channel = msg.channel.as_str().as_bytes();
-    let mut b = BytesMut::with_capacity(32 + origin.len() + app.len() + channel.len() + payload.len());
+    let mut b =
+        BytesMut::with_capacity(32 + origin.len() + app.len() + channel.len() + payload.len());
     b.put_u8(MAGIC);
     b.put_u8(VERSION);
     b.put_u8(kind);
@@ -84,7 +85,14 @@ pub fn decode(mut b: Bytes) -> Option<BusMessage> {
         1 => BusPayload::TerminateUser,
         _ => return None,
     };
-    Some(BusMessage { origin: Arc::from(origin), app_id: Arc::from(app), channel, exclude, published_at_us, payload })
+    Some(BusMessage {
+        origin: Arc::from(origin),
+        app_id: Arc::from(app),
+        channel,
+        exclude,
+        published_at_us,
+        payload,
+    })
 }
 
 #[cfg(test)]
@@ -102,13 +110,22 @@ mod tests {
             payload: BusPayload::Frame(Bytes::from_static(b"{\"event\":\"x\"}")),
         };
         assert_eq!(decode(encode(&msg)), Some(msg.clone()));
-        let t = BusMessage { exclude: None, payload: BusPayload::TerminateUser, ..msg };
+        let t = BusMessage {
+            exclude: None,
+            payload: BusPayload::TerminateUser,
+            ..msg
+        };
         assert_eq!(decode(encode(&t)), Some(t));
     }
 
     #[test]
     fn malformed_is_rejected() {
-        for bad in [&b""[..], b"H", b"X\x01\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00", b"H\x01\x07\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00"] {
+        for bad in [
+            &b""[..],
+            b"H",
+            b"X\x01\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00",
+            b"H\x01\x07\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00",
+        ] {
             assert!(decode(Bytes::copy_from_slice(bad)).is_none());
         }
         let mut ok = encode(&BusMessage {

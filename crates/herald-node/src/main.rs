@@ -135,7 +135,11 @@ async fn run(mut config: Config) -> anyhow::Result<()> {
     let bus: Arc<dyn Bus> = match config.bus.driver.as_str() {
         "redis" => {
             let cfg = redis_bus_config(&config, &node_id);
-            Arc::new(herald_bus::RedisBus::connect(cfg).await.context("connecting the Redis bus")?)
+            Arc::new(
+                herald_bus::RedisBus::connect(cfg)
+                    .await
+                    .context("connecting the Redis bus")?,
+            )
         }
         _ => Arc::new(LocalBus::new()),
     };

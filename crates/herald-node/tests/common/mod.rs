@@ -17,6 +17,8 @@ use hyper_util::rt::TokioIo;
 use serde_json::Value;
 use tokio::net::TcpStream;
 
+pub mod redis;
+
 pub const KEY: &str = "key1";
 pub const SECRET: &str = "secret1";
 pub const APP: &str = "app1";
@@ -94,11 +96,16 @@ impl Herald {
 
     /// Starts a node; `server_extra` is added to `[server]`, `rest` after it.
     pub async fn start_with(server_extra: &str, rest: &str) -> Herald {
+        Self::start_node("test-node", server_extra, rest).await
+    }
+
+    /// Starts a node with its own id (for cluster tests).
+    pub async fn start_node(node_id: &str, server_extra: &str, rest: &str) -> Herald {
         let port = free_port();
         let admin_port = free_port();
         let dir = tempdir::Dir::new();
         let config = format!(
-            "[server]\nlisten = \"127.0.0.1:{port}\"\nadmin_listen = \"127.0.0.1:{admin_port}\"\nnode_id = \"test-node\"\n{server_extra}\n{rest}"
+            "[server]\nlisten = \"127.0.0.1:{port}\"\nadmin_listen = \"127.0.0.1:{admin_port}\"\nnode_id = \"{node_id}\"\n{server_extra}\n{rest}"
         );
         let path = dir.0.join("herald.toml");
         std::fs::File::create(&path)
@@ -154,6 +161,20 @@ impl Herald {
             key: KEY.into(),
             secret: SECRET.into(),
         }
+    }
+
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// The value of a metric sample line starting with `prefix` (0 when absent).
+    pub async fn metric(&self, prefix: &str) -> f64 {
+        let (_, text) = self.admin_get("/metrics").await;
+        text.lines()
+            .filter(|l| l.starts_with(prefix))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
     }
 
     pub fn sigterm(&self) {

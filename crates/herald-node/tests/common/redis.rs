@@ -1,0 +1,194 @@
+//! Real Redis for tests: a single `redis-server`, or a three-master Redis Cluster, on free ports.
+#![allow(dead_code)]
+
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use super::{free_port, tempdir};
+
+pub struct Redis {
+    pub port: u16,
+    child: Option<Child>,
+    dir: tempdir::Dir,
+}
+
+fn spawn_redis(port: u16, dir: &std::path::Path, extra: &[&str]) -> Child {
+    Command::new("redis-server")
+        .args([
+            "--port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ])
+        .args(["--dir", dir.to_str().unwrap()])
+        .args(extra)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("redis-server starts (apt-get install redis-server)")
+}
+
+pub fn cli(port: u16, args: &[&str]) -> String {
+    let out = Command::new("redis-cli")
+        .args(["-p", &port.to_string()])
+        .args(args)
+        .output()
+        .expect("redis-cli runs");
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+async fn wait_ping(port: u16) {
+    for _ in 0..200 {
+        if cli(port, &["PING"]) == "PONG" {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("redis on {port} did not answer");
+}
+
+impl Redis {
+    pub async fn start() -> Redis {
+        let port = free_port();
+        let dir = tempdir::Dir::new();
+        let child = spawn_redis(port, &dir.0, &[]);
+        wait_ping(port).await;
+        Redis {
+            port,
+            child: Some(child),
+            dir,
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// Kills the server (SIGKILL): everything in it is lost.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts a new, empty server on the same port.
+    pub async fn restart(&mut self) {
+        self.kill();
+        self.child = Some(spawn_redis(self.port, &self.dir.0, &[]));
+        wait_ping(self.port).await;
+    }
+
+    pub fn numsub(&self, topic: &str) -> i64 {
+        let out = cli(self.port, &["PUBSUB", "NUMSUB", topic]);
+        out.lines()
+            .nth(1)
+            .and_then(|l| l.trim().parse().ok())
+            .unwrap_or(0)
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Three masters, no replicas.
+pub struct RedisCluster {
+    pub ports: Vec<u16>,
+    children: Vec<Child>,
+    dir: tempdir::Dir,
+}
+
+impl RedisCluster {
+    pub async fn start() -> RedisCluster {
+        let dir = tempdir::Dir::new();
+        let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
+        let mut children = Vec::new();
+        for p in &ports {
+            let node_dir = dir.0.join(p.to_string());
+            std::fs::create_dir_all(&node_dir).unwrap();
+            children.push(spawn_redis(
+                *p,
+                &node_dir,
+                &[
+                    "--cluster-enabled",
+                    "yes",
+                    "--cluster-config-file",
+                    "nodes.conf",
+                    "--cluster-node-timeout",
+                    "2000",
+                ],
+            ));
+        }
+        for p in &ports {
+            wait_ping(*p).await;
+        }
+        let addrs: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
+        let mut args = vec!["--cluster".to_owned(), "create".to_owned()];
+        args.extend(addrs);
+        args.extend([
+            "--cluster-replicas".to_owned(),
+            "0".to_owned(),
+            "--cluster-yes".to_owned(),
+        ]);
+        let out = Command::new("redis-cli")
+            .args(&args)
+            .output()
+            .expect("redis-cli --cluster create");
+        assert!(
+            out.status.success(),
+            "cluster create failed: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        for _ in 0..200 {
+            if ports
+                .iter()
+                .all(|p| cli(*p, &["CLUSTER", "INFO"]).contains("cluster_state:ok"))
+            {
+                return RedisCluster {
+                    ports,
+                    children,
+                    dir,
+                };
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("redis cluster did not become ready");
+    }
+
+    pub fn urls(&self) -> Vec<String> {
+        self.ports
+            .iter()
+            .map(|p| format!("redis://127.0.0.1:{p}"))
+            .collect()
+    }
+
+    /// Subscribers of a sharded topic, summed over the masters.
+    pub fn shardnumsub(&self, topic: &str) -> i64 {
+        self.ports
+            .iter()
+            .map(|p| {
+                let out = cli(*p, &["PUBSUB", "SHARDNUMSUB", topic]);
+                out.lines()
+                    .nth(1)
+                    .and_then(|l| l.trim().parse::<i64>().ok())
+                    .unwrap_or(0)
+            })
+            .sum()
+    }
+}
+
+impl Drop for RedisCluster {
+    fn drop(&mut self) {
+        for c in &mut self.children {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
