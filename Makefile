@@ -40,5 +40,11 @@ lint:
 fmt:
 	$(CARGO) fmt --all
 
+cluster: build
+	deploy/local/cluster.sh
+
+bench: release
+	loadtest/bench.sh
+
 clean:
 	$(CARGO) clean
