@@ -292,7 +292,7 @@ impl Inner {
             let Some((app, channel)) = entry.split_once('\t') else {
                 continue;
             };
-            let Ok(channel) = ChannelName::parse(channel) else {
+            let Ok(channel) = ChannelName::parse_internal(channel) else {
                 continue;
             };
             let removed: Vec<String> = match self
@@ -312,19 +312,28 @@ impl Inner {
             };
             removed_members += removed.len();
             for user_id in removed {
+                // A user's last sign-in went with the node: tell its watchers it is offline.
+                // Any other channel: its member left.
+                let (target, frame) = match channel.server_to_user_id() {
+                    Some(id) => match ChannelName::watchlist(id) {
+                        Ok(w) => (w, server::watchlist_events(&[], &[id.to_owned()])),
+                        Err(_) => continue,
+                    },
+                    None => (
+                        channel.clone(),
+                        server::member_removed(channel.as_str(), &user_id),
+                    ),
+                };
                 let msg = BusMessage {
                     origin: Arc::from(format!("reaper:{node}")),
                     app_id: Arc::from(app),
-                    channel: channel.clone(),
+                    channel: target.clone(),
                     exclude: None,
                     published_at_us: now_us(),
-                    payload: BusPayload::Frame(Bytes::from(server::member_removed(
-                        channel.as_str(),
-                        &user_id,
-                    ))),
+                    payload: BusPayload::Frame(Bytes::from(frame)),
                 };
                 if let Err(e) = self
-                    .publish_raw(self.keys.topic(app, &channel), wire::encode(&msg))
+                    .publish_raw(self.keys.topic(app, &target), wire::encode(&msg))
                     .await
                 {
                     tracing::warn!(node, error = %e, "announcing a reaped member failed");
@@ -748,6 +757,62 @@ impl Bus for RedisBus {
             .await
             .map_err(unavailable)?;
         Ok(counts.into_iter().filter(|c| *c > 0).sum::<i64>() as u64)
+    }
+
+    async fn users_online(&self, app_id: &str, user_ids: &[String]) -> Result<Vec<bool>, BusError> {
+        if user_ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let inner = &self.inner;
+        let pipeline = inner.client.pipeline();
+        for id in user_ids {
+            let channel = format!("{}{id}", herald_protocol::channel::SERVER_TO_USER_PREFIX);
+            let _: () = pipeline
+                .hlen(inner.keys.members(app_id, &channel))
+                .await
+                .map_err(unavailable)?;
+        }
+        let counts: Vec<i64> = pipeline.all().await.map_err(unavailable)?;
+        Ok(counts.into_iter().map(|n| n > 0).collect())
+    }
+
+    async fn cache_put(
+        &self,
+        app_id: &str,
+        channel: &ChannelName,
+        frame: Bytes,
+        ttl: Duration,
+    ) -> Result<(), BusError> {
+        let key = self.inner.keys.cache(app_id, channel.as_str());
+        let _: () = self
+            .inner
+            .client
+            .set(
+                key,
+                frame,
+                Some(Expiration::PX(ttl.as_millis().max(1) as i64)),
+                None,
+                false,
+            )
+            .await
+            .map_err(unavailable)?;
+        Ok(())
+    }
+
+    async fn cache_get(
+        &self,
+        app_id: &str,
+        channel: &ChannelName,
+    ) -> Result<Option<(Bytes, Duration)>, BusError> {
+        let key = self.inner.keys.cache(app_id, channel.as_str());
+        let pipeline = self.inner.client.pipeline();
+        let _: () = pipeline.get(&key).await.map_err(unavailable)?;
+        let _: () = pipeline.pttl(&key).await.map_err(unavailable)?;
+        let (frame, ttl): (Option<Bytes>, i64) = pipeline.all().await.map_err(unavailable)?;
+        Ok(match frame {
+            Some(f) if ttl > 0 => Some((f, Duration::from_millis(ttl as u64))),
+            _ => None,
+        })
     }
 
     async fn channels(&self, app_id: &str, prefix: &str) -> Result<Vec<ChannelStats>, BusError> {

@@ -45,6 +45,11 @@ impl Keys {
         format!("{}:usersockets", self.tag(app, channel))
     }
 
+    /// String: a cache channel's last event frame, with a TTL.
+    pub fn cache(&self, app: &str, channel: &str) -> String {
+        format!("{}:cache", self.tag(app, channel))
+    }
+
     /// The four keys of a channel, in the order the scripts take them.
     pub fn channel_keys(&self, app: &str, channel: &str) -> Vec<String> {
         vec![

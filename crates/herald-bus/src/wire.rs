@@ -79,7 +79,7 @@ pub fn decode(mut b: Bytes) -> Option<BusMessage> {
         return None;
     }
     let n = b.get_u16() as usize;
-    let channel = ChannelName::parse(&take_str(&mut b, n)?).ok()?;
+    let channel = ChannelName::parse_internal(&take_str(&mut b, n)?).ok()?;
     let payload = match kind {
         0 => BusPayload::Frame(b),
         1 => BusPayload::TerminateUser,

@@ -10,6 +10,7 @@
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -119,6 +120,25 @@ pub trait Bus: Send + Sync + 'static {
         channel: &ChannelName,
     ) -> Result<u64, BusError>;
 
+    /// Whether each user is signed in on at least one connection anywhere in the cluster.
+    async fn users_online(&self, app_id: &str, user_ids: &[String]) -> Result<Vec<bool>, BusError>;
+
+    /// Keeps a cache channel's last API event (an encoded frame) for `ttl`.
+    async fn cache_put(
+        &self,
+        app_id: &str,
+        channel: &ChannelName,
+        frame: Bytes,
+        ttl: Duration,
+    ) -> Result<(), BusError>;
+
+    /// A cache channel's last event and how long it still lives.
+    async fn cache_get(
+        &self,
+        app_id: &str,
+        channel: &ChannelName,
+    ) -> Result<Option<(Bytes, Duration)>, BusError>;
+
     /// Occupied channels of an app whose names start with `prefix`.
     async fn channels(&self, app_id: &str, prefix: &str) -> Result<Vec<ChannelStats>, BusError>;
 
@@ -146,6 +166,7 @@ pub struct LocalBus {
     interest: DashMap<Key, usize>,
     presence: DashMap<Key, PresenceChannel>,
     connections: DashMap<Arc<str>, AtomicU64>,
+    cache: DashMap<Key, (Bytes, tokio::time::Instant)>,
 }
 
 impl LocalBus {
@@ -256,6 +277,57 @@ impl Bus for LocalBus {
             .get(&Self::key(app_id, channel))
             .map(|n| *n as u64)
             .unwrap_or(0))
+    }
+
+    async fn users_online(&self, app_id: &str, user_ids: &[String]) -> Result<Vec<bool>, BusError> {
+        let mut out = Vec::with_capacity(user_ids.len());
+        for id in user_ids {
+            let online = match ChannelName::server_to_user(id) {
+                Ok(ch) => self
+                    .presence
+                    .get(&Self::key(app_id, &ch))
+                    .is_some_and(|c| !c.members.is_empty()),
+                Err(_) => false,
+            };
+            out.push(online);
+        }
+        Ok(out)
+    }
+
+    async fn cache_put(
+        &self,
+        app_id: &str,
+        channel: &ChannelName,
+        frame: Bytes,
+        ttl: Duration,
+    ) -> Result<(), BusError> {
+        // Drop expired entries now and then so the map stays bounded by live cache channels.
+        if self.cache.len() > 1024 && self.cache.len().is_power_of_two() {
+            let now = tokio::time::Instant::now();
+            self.cache.retain(|_, (_, until)| *until > now);
+        }
+        self.cache.insert(
+            Self::key(app_id, channel),
+            (frame, tokio::time::Instant::now() + ttl),
+        );
+        Ok(())
+    }
+
+    async fn cache_get(
+        &self,
+        app_id: &str,
+        channel: &ChannelName,
+    ) -> Result<Option<(Bytes, Duration)>, BusError> {
+        let key = Self::key(app_id, channel);
+        let now = tokio::time::Instant::now();
+        let hit = self
+            .cache
+            .get(&key)
+            .and_then(|e| (e.1 > now).then(|| (e.0.clone(), e.1 - now)));
+        if hit.is_none() {
+            self.cache.remove_if(&key, |_, (_, until)| *until <= now);
+        }
+        Ok(hit)
     }
 
     async fn channels(&self, app_id: &str, prefix: &str) -> Result<Vec<ChannelStats>, BusError> {

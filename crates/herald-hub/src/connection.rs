@@ -1,6 +1,7 @@
 //! What the hub knows of one connection: its id, its app, its outbound queue and, once signed
 //! in, its user. The socket itself belongs to the node.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -16,6 +17,7 @@ pub struct Connection {
     pub app: Arc<App>,
     pub outbox: Outbox,
     user_id: Mutex<Option<Arc<str>>>,
+    authorized: AtomicBool,
 }
 
 impl Connection {
@@ -25,6 +27,7 @@ impl Connection {
             app,
             outbox: Outbox::new(outbox_bytes),
             user_id: Mutex::new(None),
+            authorized: AtomicBool::new(false),
         }
     }
 
@@ -45,6 +48,16 @@ impl Connection {
     /// The user this connection signed in as.
     pub fn user_id(&self) -> Option<Arc<str>> {
         self.user_id.lock().clone()
+    }
+
+    /// Signed in, or subscribed to a private or presence channel (the "authorized
+    /// connections" rule).
+    pub fn is_authorized(&self) -> bool {
+        self.authorized.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn set_authorized(&self) {
+        self.authorized.store(true, Ordering::Release);
     }
 
     pub(crate) fn set_user_id(&self, id: Arc<str>) {

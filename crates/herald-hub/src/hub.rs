@@ -10,7 +10,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use dashmap::DashMap;
-use herald_protocol::{ChannelName, SocketId};
+use herald_protocol::{ChannelKind, ChannelName, SocketId};
 use parking_lot::RwLock;
 
 use crate::app::{App, Apps};
@@ -41,7 +41,23 @@ pub struct HubConfig {
     pub outbox_bytes: usize,
 }
 
+/// Channels whose subscription count changed, waiting to be announced.
+#[derive(Debug, Default)]
+struct CountNotices {
+    /// channel → how many more rounds to check it (a cluster bus writes counts in batches, so
+    /// a change is read once more after the first look).
+    dirty: HashMap<(Arc<str>, ChannelName), u8>,
+    /// channel → (last count announced, when).
+    sent: HashMap<(Arc<str>, ChannelName), (u64, std::time::Instant)>,
+}
+
+/// Above this many subscribers, subscription counts go out at most every 5 seconds.
+pub const COUNT_THROTTLE_ABOVE: u64 = 100;
+const COUNT_THROTTLE: std::time::Duration = std::time::Duration::from_secs(5);
+const COUNT_TICK: std::time::Duration = std::time::Duration::from_millis(100);
+
 pub struct Hub {
+    counts: parking_lot::Mutex<CountNotices>,
     node_id: Arc<str>,
     apps: Apps,
     state: HashMap<String, AppState>,
@@ -81,6 +97,7 @@ impl Hub {
             })
             .collect();
         let hub = Arc::new(Hub {
+            counts: parking_lot::Mutex::new(CountNotices::default()),
             node_id: Arc::from(config.node_id.as_str()),
             apps,
             state,
@@ -89,7 +106,87 @@ impl Hub {
             config,
         });
         hub.bus.attach(hub.clone());
+        if tokio::runtime::Handle::try_current().is_ok() {
+            tokio::spawn(count_notifier(Arc::downgrade(&hub)));
+        }
         hub
+    }
+
+    /// Notes that a channel's subscription count changed (for `subscription_count` events).
+    pub fn count_changed(&self, app_id: &str, channel: &ChannelName) {
+        let wanted = self
+            .apps
+            .by_id(app_id)
+            .is_some_and(|a| a.subscription_count_events);
+        if !wanted
+            || !matches!(
+                channel.kind(),
+                ChannelKind::Public | ChannelKind::Private | ChannelKind::Encrypted
+            )
+        {
+            return;
+        }
+        self.counts
+            .lock()
+            .dirty
+            .insert((Arc::from(app_id), channel.clone()), 2);
+    }
+
+    /// Announces changed counts cluster-wide; big channels at most every 5 s.
+    async fn announce_counts(&self) {
+        let due: Vec<(Arc<str>, ChannelName)> = {
+            let mut c = self.counts.lock();
+            let keys: Vec<_> = c.dirty.keys().cloned().collect();
+            let mut due = Vec::new();
+            for key in keys {
+                let throttled = c.sent.get(&key).is_some_and(|(n, at)| {
+                    *n > COUNT_THROTTLE_ABOVE && at.elapsed() < COUNT_THROTTLE
+                });
+                if throttled {
+                    continue;
+                }
+                if let Some(rounds) = c.dirty.get_mut(&key) {
+                    *rounds -= 1;
+                    if *rounds == 0 {
+                        c.dirty.remove(&key);
+                    }
+                }
+                due.push(key);
+            }
+            due
+        };
+        for (app_id, channel) in due {
+            let Ok(count) = self.bus.subscription_count(&app_id, &channel).await else {
+                continue;
+            };
+            let key = (app_id.clone(), channel.clone());
+            let unchanged = self
+                .counts
+                .lock()
+                .sent
+                .get(&key)
+                .is_some_and(|(n, _)| *n == count);
+            if unchanged {
+                continue;
+            }
+            {
+                let mut c = self.counts.lock();
+                if count == 0 {
+                    c.sent.remove(&key);
+                } else {
+                    c.sent.insert(key, (count, std::time::Instant::now()));
+                }
+            }
+            if count > 0 {
+                let frame = Bytes::from(herald_protocol::server::subscription_count(
+                    channel.as_str(),
+                    count,
+                ));
+                if let Err(e) = self.publish(&app_id, &channel, frame, None, now_us()).await {
+                    tracing::debug!(error = %e, "subscription count not announced");
+                }
+            }
+        }
     }
 
     pub fn apps(&self) -> &Apps {
@@ -279,6 +376,15 @@ impl Hub {
             "Connection terminated by the app",
         );
         Ok(())
+    }
+}
+
+async fn count_notifier(hub: std::sync::Weak<Hub>) {
+    let mut tick = tokio::time::interval(COUNT_TICK);
+    loop {
+        tick.tick().await;
+        let Some(hub) = hub.upgrade() else { return };
+        hub.announce_counts().await;
     }
 }
 

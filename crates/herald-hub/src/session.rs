@@ -22,6 +22,9 @@ struct Subscription {
     presence_user: Option<String>,
 }
 
+/// Most users one sign-in may watch (more: the first 100 and a 4302 error).
+pub const MAX_WATCHLIST: usize = 100;
+
 /// Per-connection protocol state. Owned by the connection's reader task.
 pub struct Session {
     hub: Arc<Hub>,
@@ -104,9 +107,15 @@ impl Session {
             }
             ClientMessage::Signin { auth, user_data } => {
                 metrics::received("signin");
-                if let Err(e) = self.signin(&auth, &user_data) {
-                    self.conn
-                        .send_error(e.ws_code().map(ErrorCode::as_u16), &e.to_string());
+                match self.signin(&auth, &user_data).await {
+                    Ok(()) => {}
+                    Err(SubscribeError::Protocol(e)) => self
+                        .conn
+                        .send_error(e.ws_code().map(ErrorCode::as_u16), &e.to_string()),
+                    Err(SubscribeError::Forbidden(m)) => self.conn.send_error(None, &m),
+                    Err(SubscribeError::Bus(e)) => {
+                        self.conn.send_error(None, &format!("Sign-in failed: {e}"))
+                    }
                 }
             }
             ClientMessage::ClientEvent {
@@ -175,6 +184,9 @@ impl Session {
         let mut presence_member = None;
         match channel.kind() {
             ChannelKind::Public => {}
+            ChannelKind::Watchlist => {
+                return Err(SubscribeError::Forbidden(format!("{channel} is internal")));
+            }
             ChannelKind::ServerToUser => {
                 return Err(SubscribeError::Forbidden(format!(
                     "Cannot subscribe to {channel}: the connection is not signed in as that user"
@@ -210,18 +222,8 @@ impl Session {
             }
         }
 
-        match presence_member {
-            None => {
-                self.hub.add_subscriber(&self.conn, channel);
-                self.subscriptions.insert(
-                    channel.clone(),
-                    Subscription {
-                        presence_user: None,
-                    },
-                );
-                self.conn
-                    .send(server::subscription_succeeded(channel.as_str()));
-            }
+        let joined = match presence_member {
+            None => None,
             Some(member) => {
                 let join = self
                     .hub
@@ -235,7 +237,7 @@ impl Session {
                     )
                     .await
                     .map_err(SubscribeError::Bus)?;
-                let (first, members) = match join {
+                match join {
                     PresenceJoin::Full => {
                         return Err(ProtocolError::PresenceFull(
                             channel.to_string(),
@@ -243,33 +245,66 @@ impl Session {
                         )
                         .into())
                     }
-                    PresenceJoin::Joined { first, members } => (first, members),
-                };
-                self.hub.add_subscriber(&self.conn, channel);
-                metrics::presence_members(1.0);
-                self.subscriptions.insert(
-                    channel.clone(),
-                    Subscription {
-                        presence_user: Some(member.user_id.clone()),
-                    },
-                );
-                self.conn.send(server::presence_subscription_succeeded(
-                    channel.as_str(),
-                    &members,
-                ));
-                if first {
-                    let frame = Bytes::from(server::member_added(channel.as_str(), &member));
-                    if let Err(e) = self
-                        .hub
-                        .publish(&app.id, channel, frame, Some(socket_id), now_us())
-                        .await
-                    {
-                        tracing::warn!(app = %app.id, error = %e, "member_added not published");
-                    }
+                    PresenceJoin::Joined { first, members } => Some((member, first, members)),
                 }
             }
+        };
+        self.hub.add_subscriber(&self.conn, channel);
+        self.subscriptions.insert(
+            channel.clone(),
+            Subscription {
+                presence_user: joined.as_ref().map(|(m, ..)| m.user_id.clone()),
+            },
+        );
+        if joined.is_some() {
+            metrics::presence_members(1.0);
         }
+        if channel.kind().needs_auth() {
+            self.conn.set_authorized();
+        }
+        // The first local subscriber waits until this node receives the channel's topic.
+        if let Err(e) = self.hub.bus().await_interest(&app.id, channel).await {
+            if let Some(sub) = self.subscriptions.remove(channel) {
+                self.leave(channel, sub).await;
+            }
+            return Err(SubscribeError::Bus(e));
+        }
+        match &joined {
+            None => self
+                .conn
+                .send(server::subscription_succeeded(channel.as_str())),
+            Some((_, _, members)) => self.conn.send(server::presence_subscription_succeeded(
+                channel.as_str(),
+                members,
+            )),
+        };
+        if channel.is_cache() {
+            self.send_cached(channel).await;
+        }
+        if let Some((member, true, _)) = &joined {
+            let frame = Bytes::from(server::member_added(channel.as_str(), member));
+            if let Err(e) = self
+                .hub
+                .publish(&app.id, channel, frame, Some(socket_id), now_us())
+                .await
+            {
+                tracing::warn!(app = %app.id, error = %e, "member_added not published");
+            }
+        }
+        self.hub.count_changed(&app.id, channel);
         Ok(())
+    }
+
+    /// A cache channel's last event for a new subscriber, or `pusher:cache_miss`.
+    async fn send_cached(&self, channel: &ChannelName) {
+        match self.hub.bus().cache_get(&self.conn.app.id, channel).await {
+            Ok(Some((frame, _))) => self.conn.send(frame),
+            Ok(None) => self.conn.send(server::cache_miss(channel.as_str())),
+            Err(e) => {
+                tracing::warn!(app = %self.conn.app.id, error = %e, "cache read failed");
+                self.conn.send(server::cache_miss(channel.as_str()))
+            }
+        };
     }
 
     fn is_own_user_channel(&self, channel: &ChannelName) -> bool {
@@ -288,31 +323,68 @@ impl Session {
     async fn leave(&self, channel: &ChannelName, sub: Subscription) {
         let app = &self.conn.app;
         self.hub.remove_subscriber(&self.conn, channel);
-        if let Some(user_id) = sub.presence_user {
+        self.hub.count_changed(&app.id, channel);
+        let Some(user_id) = sub.presence_user else {
+            return;
+        };
+        let user_channel = channel.kind() == ChannelKind::ServerToUser;
+        if !user_channel {
             metrics::presence_members(-1.0);
-            match self
-                .hub
-                .bus()
-                .presence_leave(&app.id, channel, &user_id, self.conn.socket_id)
-                .await
-            {
-                Ok(true) => {
-                    let frame = Bytes::from(server::member_removed(channel.as_str(), &user_id));
-                    if let Err(e) = self
-                        .hub
-                        .publish(&app.id, channel, frame, None, now_us())
-                        .await
-                    {
-                        tracing::warn!(app = %app.id, error = %e, "member_removed not published");
-                    }
+        }
+        match self
+            .hub
+            .bus()
+            .presence_leave(&app.id, channel, &user_id, self.conn.socket_id)
+            .await
+        {
+            Ok(true) if user_channel => {
+                // The user's last sign-in anywhere is gone: tell its watchers.
+                if app.watchlist_events {
+                    self.publish_online_state(&user_id, false).await;
                 }
-                Ok(false) => {}
-                Err(e) => tracing::warn!(app = %app.id, error = %e, "presence leave not recorded"),
             }
+            Ok(true) => {
+                let frame = Bytes::from(server::member_removed(channel.as_str(), &user_id));
+                if let Err(e) = self
+                    .hub
+                    .publish(&app.id, channel, frame, None, now_us())
+                    .await
+                {
+                    tracing::warn!(app = %app.id, error = %e, "member_removed not published");
+                }
+            }
+            Ok(false) => {}
+            Err(e) => tracing::warn!(app = %app.id, error = %e, "presence leave not recorded"),
         }
     }
 
-    fn signin(&mut self, auth: &str, user_data: &str) -> Result<(), ProtocolError> {
+    /// Publishes a user's online or offline change to the connections watching it.
+    async fn publish_online_state(&self, user_id: &str, online: bool) {
+        let Ok(channel) = ChannelName::watchlist(user_id) else {
+            return;
+        };
+        let ids = [user_id.to_owned()];
+        let frame = if online {
+            server::watchlist_events(&ids, &[])
+        } else {
+            server::watchlist_events(&[], &ids)
+        };
+        if let Err(e) = self
+            .hub
+            .publish(
+                &self.conn.app.id,
+                &channel,
+                Bytes::from(frame),
+                None,
+                now_us(),
+            )
+            .await
+        {
+            tracing::warn!(app = %self.conn.app.id, error = %e, "watchlist change not published");
+        }
+    }
+
+    async fn signin(&mut self, auth: &str, user_data: &str) -> Result<(), SubscribeError> {
         let app = self.conn.app.clone();
         verify_auth(
             &app.key,
@@ -320,29 +392,106 @@ impl Session {
             &user_auth_input(self.conn.socket_id, user_data),
             auth,
         )?;
-        let user = parse_user_data(user_data, app.max_user_info_bytes)?;
+        let mut user = parse_user_data(user_data, app.max_user_info_bytes)?;
         if let Some(current) = &self.user {
             if current.id != user.id {
                 return Err(ProtocolError::InvalidUserData(format!(
                     "this connection is already signed in as another user ({})",
                     current.id
-                )));
+                ))
+                .into());
             }
+            // Signing in again as the same user: nothing changes.
+            self.conn.send(server::signin_success(user_data));
+            return Ok(());
         }
+        let watchlist_too_long = user.watchlist.len() > MAX_WATCHLIST;
+        user.watchlist.truncate(MAX_WATCHLIST);
+
+        // The user channel doubles as the user's cluster-wide sign-in record: its presence
+        // membership says the user is online.
         let channel = ChannelName::server_to_user(&user.id)?;
-        if self.user.is_none() {
-            self.conn.set_user_id(Arc::from(user.id.as_str()));
+        let member = Member {
+            user_id: user.id.clone(),
+            user_info: None,
+        };
+        let first = match self
+            .hub
+            .bus()
+            .presence_join(&app.id, &channel, &member, self.conn.socket_id, usize::MAX)
+            .await
+        {
+            Ok(PresenceJoin::Joined { first, .. }) => first,
+            Ok(PresenceJoin::Full) => false,
+            Err(e) => return Err(SubscribeError::Bus(e)),
+        };
+        self.conn.set_user_id(Arc::from(user.id.as_str()));
+        self.conn.set_authorized();
+        self.hub.add_subscriber(&self.conn, &channel);
+        self.subscriptions.insert(
+            channel,
+            Subscription {
+                presence_user: Some(user.id.clone()),
+            },
+        );
+        self.conn.send(server::signin_success(user_data));
+
+        if app.watchlist_events {
+            if first {
+                self.publish_online_state(&user.id, true).await;
+            }
+            if watchlist_too_long {
+                self.conn.send_error(
+                    Some(ErrorCode::WatchlistLimit.as_u16()),
+                    &format!("Watchlist limit exceeded: only the first {MAX_WATCHLIST} user ids are watched"),
+                );
+            }
+            self.watch(&user.watchlist).await;
+        }
+        self.user = Some(user);
+        Ok(())
+    }
+
+    /// Starts watching users: listens to their online changes and sends their current state.
+    async fn watch(&mut self, ids: &[String]) {
+        let app = self.conn.app.clone();
+        let mut watched = Vec::new();
+        for id in ids {
+            let Ok(channel) = ChannelName::watchlist(id) else {
+                continue;
+            };
+            if self.subscriptions.contains_key(&channel) {
+                continue;
+            }
             self.hub.add_subscriber(&self.conn, &channel);
             self.subscriptions.insert(
-                channel,
+                channel.clone(),
                 Subscription {
                     presence_user: None,
                 },
             );
+            if let Err(e) = self.hub.bus().await_interest(&app.id, &channel).await {
+                tracing::warn!(app = %app.id, error = %e, "watchlist subscription not confirmed");
+            }
+            watched.push(id.clone());
         }
-        self.user = Some(user);
-        self.conn.send(server::signin_success(user_data));
-        Ok(())
+        if watched.is_empty() {
+            return;
+        }
+        match self.hub.bus().users_online(&app.id, &watched).await {
+            Ok(states) => {
+                let (mut online, mut offline) = (Vec::new(), Vec::new());
+                for (id, is_online) in watched.into_iter().zip(states) {
+                    if is_online {
+                        online.push(id)
+                    } else {
+                        offline.push(id)
+                    }
+                }
+                self.conn.send(server::watchlist_events(&online, &offline));
+            }
+            Err(e) => tracing::warn!(app = %app.id, error = %e, "watchlist state not read"),
+        }
     }
 
     async fn client_event(

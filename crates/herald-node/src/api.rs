@@ -371,6 +371,12 @@ async fn trigger(
             &publish.data,
             None,
         ));
+        if channel.is_cache() {
+            node.hub
+                .bus()
+                .cache_put(&app.id, channel, frame.clone(), app.cache_ttl)
+                .await?;
+        }
         node.hub
             .publish(&app.id, channel, frame, publish.socket_id, arrived_us)
             .await?;
@@ -395,6 +401,17 @@ async fn channel_attrs(
     if info.user_count && channel.kind() == ChannelKind::Presence {
         let members = node.hub.bus().presence_members(&app.id, channel).await?;
         attrs.insert("user_count".into(), json!(members.len()));
+    }
+    if info.cache && channel.is_cache() {
+        let cached = node.hub.bus().cache_get(&app.id, channel).await?;
+        let value = match cached {
+            Some((frame, ttl)) => {
+                let event: Value = serde_json::from_slice(&frame).unwrap_or(Value::Null);
+                json!({ "event": event["event"], "data": event["data"], "ttl": ttl.as_secs() })
+            }
+            None => Value::Null,
+        };
+        attrs.insert("cache".into(), value);
     }
     Ok(attrs)
 }

@@ -302,15 +302,27 @@ async fn write_loop(
     let mut pongs = Vec::new();
     let mut buf = Vec::new();
     let mut pinged_at: Option<u64> = None;
+    // "Authorized connections": sign in or subscribe to a private/presence channel in time.
+    let authorize_by = conn.app.authorized_connections.map(|t| started + t);
     let close_code = loop {
         let seen = Duration::from_millis(last_seen.load(Ordering::Relaxed));
         let deadline = match pinged_at {
             Some(_) => started + seen + activity + pong_wait,
             None => started + seen + activity,
         };
+        let deadline = match authorize_by {
+            Some(by) if !conn.is_authorized() => deadline.min(by),
+            _ => deadline,
+        };
         tokio::select! {
             _ = conn.outbox.ready() => {}
             _ = tokio::time::sleep_until(deadline) => {}
+        }
+        if authorize_by.is_some_and(|by| Instant::now() >= by) && !conn.is_authorized() {
+            conn.outbox.close(
+                ErrorCode::Unauthorized.as_u16(),
+                "Connection is unauthorized: sign in or subscribe to a private channel in time",
+            );
         }
         let close = conn.outbox.drain_all(&mut frames, &mut pongs);
         let now_seen = last_seen.load(Ordering::Relaxed);

@@ -247,7 +247,7 @@ async fn presence_two_users_two_sockets_each() {
 
 #[tokio::test]
 async fn presence_limits() {
-    let apps = format!("{}\n[[apps]]\nid = \"app3\"\nkey = \"key3\"\nsecret = \"secret3\"\nmax_presence_members = 1\n", default_apps());
+    let apps = format!("{}\n[[apps]]\nid = \"app5\"\nkey = \"key5\"\nsecret = \"secret5\"\nmax_presence_members = 1\n", default_apps());
     let h = Herald::start_with("", &apps).await;
     let mut c = h.client().await;
     // user_info over 1 KB.
@@ -262,21 +262,21 @@ async fn presence_limits() {
     assert_eq!(c.recv().await["event"], "pusher:subscription_error");
     drop(c);
 
-    // app3 caps presence channels at one user.
-    let mut a = Client::connect(h.port, "/app/key3?protocol=7", None).await;
+    // app5 caps presence channels at one user.
+    let mut a = Client::connect(h.port, "/app/key5?protocol=7", None).await;
     let sa = data(&a.recv().await)["socket_id"]
         .as_str()
         .unwrap()
         .to_owned();
-    let mut b = Client::connect(h.port, "/app/key3?protocol=7", None).await;
+    let mut b = Client::connect(h.port, "/app/key5?protocol=7", None).await;
     let sb = data(&b.recv().await)["socket_id"]
         .as_str()
         .unwrap()
         .to_owned();
     let sign = |sid: &str, d: &str| {
         format!(
-            "key3:{}",
-            herald_protocol::signature::sign("secret3", format!("{sid}:presence-a:{d}").as_bytes())
+            "key5:{}",
+            herald_protocol::signature::sign("secret5", format!("{sid}:presence-a:{d}").as_bytes())
         )
     };
     let d1 = r#"{"user_id":"1"}"#;

@@ -9,6 +9,8 @@ use crate::ProtocolError;
 pub const MAX_CHANNEL_NAME_LEN: usize = 200;
 /// The reserved prefix of per-user channels.
 pub const SERVER_TO_USER_PREFIX: &str = "#server-to-user-";
+/// The prefix of the internal channels that carry a user's online state to its watchers.
+pub const WATCHLIST_PREFIX: &str = "#watchlist-";
 
 /// What a channel's prefix makes it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -20,6 +22,9 @@ pub enum ChannelKind {
     Presence,
     /// `#server-to-user-{id}`: reserved for the connection signed in as `{id}`.
     ServerToUser,
+    /// `#watchlist-{id}`: internal, never named by clients or the API; carries the online and
+    /// offline changes of user `{id}` to the connections watching it.
+    Watchlist,
 }
 
 impl ChannelKind {
@@ -74,6 +79,23 @@ impl ChannelName {
         Self::parse(&format!("{SERVER_TO_USER_PREFIX}{user_id}"))
     }
 
+    /// The internal channel on which `user_id`'s online state changes travel. Not accepted by
+    /// [`ChannelName::parse`], so neither clients nor the API can name it.
+    pub fn watchlist(user_id: &str) -> Result<Self, ProtocolError> {
+        let user_channel = Self::server_to_user(user_id)?;
+        let id = user_channel.server_to_user_id().unwrap_or_default();
+        Ok(ChannelName(Arc::from(format!("{WATCHLIST_PREFIX}{id}"))))
+    }
+
+    /// Rebuilds a name this crate produced (from a bus message or a Redis index), accepting the
+    /// internal `#watchlist-` channels as well as everything [`ChannelName::parse`] accepts.
+    pub fn parse_internal(name: &str) -> Result<Self, ProtocolError> {
+        match name.strip_prefix(WATCHLIST_PREFIX) {
+            Some(user) => Self::watchlist(user),
+            None => Self::parse(name),
+        }
+    }
+
     pub fn as_str(&self) -> &str {
         &self.0
     }
@@ -88,6 +110,8 @@ impl ChannelName {
             ChannelKind::Presence
         } else if n.starts_with(SERVER_TO_USER_PREFIX) {
             ChannelKind::ServerToUser
+        } else if n.starts_with(WATCHLIST_PREFIX) {
+            ChannelKind::Watchlist
         } else {
             ChannelKind::Public
         }
@@ -175,6 +199,18 @@ mod tests {
         }
         let long = ChannelName::parse(&"a".repeat(201)).unwrap_err();
         assert!(long.to_string().contains("over the limit of 200"), "{long}");
+    }
+
+    #[test]
+    fn watchlist_channels_are_internal() {
+        let w = ChannelName::watchlist("42").expect("valid");
+        assert_eq!(
+            (w.as_str(), w.kind()),
+            ("#watchlist-42", ChannelKind::Watchlist)
+        );
+        assert!(ChannelName::parse("#watchlist-42").is_err());
+        assert_eq!(ChannelName::parse_internal("#watchlist-42").expect("ok"), w);
+        assert!(ChannelName::watchlist("a b").is_err());
     }
 
     #[test]

@@ -85,6 +85,20 @@ secret = "secret2"
 client_events = false
 max_connections = 2
 allowed_origins = ["https://allowed.example"]
+
+[[apps]]
+id = "app3"
+key = "key3"
+secret = "secret3"
+watchlist_events = true
+subscription_count_events = true
+cache_ttl = 2
+
+[[apps]]
+id = "app4"
+key = "key4"
+secret = "secret4"
+authorized_connections_timeout = 1
 "#
     .to_owned()
 }
@@ -146,7 +160,12 @@ impl Herald {
 
     /// Connects and reads `pusher:connection_established`.
     pub async fn client(&self) -> Client {
-        let mut c = self.ws(KEY).await;
+        self.client_of(KEY).await
+    }
+
+    /// A connected client of the app with `key`.
+    pub async fn client_of(&self, key: &str) -> Client {
+        let mut c = self.ws(key).await;
         let hello = c.recv().await;
         assert_eq!(hello["event"], "pusher:connection_established", "{hello}");
         let data: Value = serde_json::from_str(hello["data"].as_str().unwrap()).unwrap();
@@ -160,6 +179,16 @@ impl Herald {
             app: APP.into(),
             key: KEY.into(),
             secret: SECRET.into(),
+        }
+    }
+
+    /// The API client of app3 (watchlist, subscription counts, 2 s cache TTL).
+    pub fn api3(&self) -> Api {
+        Api {
+            port: self.port,
+            app: "app3".into(),
+            key: "key3".into(),
+            secret: "secret3".into(),
         }
     }
 
@@ -352,6 +381,17 @@ impl Client {
         )
         .await;
         self.recv().await
+    }
+
+    /// Signs in as `user_data` with app `key`/`secret`; returns the signin_success frame.
+    pub async fn signin_as(&mut self, key: &str, secret: &str, user_data: &str) -> Value {
+        let sig = herald_protocol::signature::sign(
+            secret,
+            format!("{}::user::{user_data}", self.socket_id).as_bytes(),
+        );
+        self.send(serde_json::json!({"event":"pusher:signin","data":{"auth":format!("{key}:{sig}"),"user_data":user_data}}))
+            .await;
+        self.recv_event("pusher:signin_success").await
     }
 
     pub async fn subscribe_private(&mut self, channel: &str) -> Value {
