@@ -377,3 +377,92 @@ async fn redis_restart_under_steady_publishing() {
     // Readiness came back.
     assert_eq!(a.admin_get("/readyz").await.0, 200);
 }
+
+async fn protocol_features_across_nodes(mut nodes: Vec<Herald>) {
+    // Cache: published through A, hit by a subscriber on B.
+    assert_eq!(
+        nodes[0]
+            .api3()
+            .trigger(&["cache-x"], "snap", "1", None)
+            .await
+            .0,
+        200
+    );
+    let mut on_b = nodes[1].client_of("key3").await;
+    on_b.subscribe("cache-x").await;
+    assert_eq!(
+        on_b.recv().await,
+        json!({"event":"snap","channel":"cache-x","data":"1"})
+    );
+    let (_, info) = nodes[1]
+        .api3()
+        .call("GET", "/channels/cache-x", &[("info", "cache")], "")
+        .await;
+    assert_eq!(info["cache"]["data"], "1");
+
+    // Subscription counts are cluster-wide: a subscriber on A sees B's arrival.
+    let mut count_a = nodes[0].client_of("key3").await;
+    count_a.subscribe("counted").await;
+    assert_eq!(
+        data(
+            &count_a
+                .recv_event("pusher_internal:subscription_count")
+                .await
+        )["subscription_count"],
+        1
+    );
+    let mut count_b = nodes[1].client_of("key3").await;
+    count_b.subscribe("counted").await;
+    let mut latest = 0;
+    for _ in 0..3 {
+        latest = data(
+            &count_a
+                .recv_event("pusher_internal:subscription_count")
+                .await,
+        )["subscription_count"]
+            .as_u64()
+            .unwrap();
+        if latest == 2 {
+            break;
+        }
+    }
+    assert_eq!(latest, 2);
+
+    // Watchlist: the watcher on A learns that u2 signed in on B, and that it went offline
+    // when B died.
+    let mut watcher = nodes[0].client_of("key3").await;
+    watcher
+        .signin_as("key3", "secret3", r#"{"id":"w","watchlist":["u2"]}"#)
+        .await;
+    assert_eq!(
+        data(&watcher.recv_event("pusher_internal:watchlist_events").await)["events"][0]["name"],
+        "offline"
+    );
+    let mut u2 = nodes[1].client_of("key3").await;
+    u2.signin_as("key3", "secret3", r#"{"id":"u2"}"#).await;
+    let online = watcher.recv_event("pusher_internal:watchlist_events").await;
+    assert_eq!(
+        data(&online),
+        json!({"events":[{"name":"online","user_ids":["u2"]}]})
+    );
+    let killed = Instant::now();
+    nodes[1].kill9();
+    let offline = watcher.recv_event("pusher_internal:watchlist_events").await;
+    assert_eq!(
+        data(&offline),
+        json!({"events":[{"name":"offline","user_ids":["u2"]}]})
+    );
+    assert!(killed.elapsed() <= Duration::from_secs(2 * LEASE + 1));
+}
+
+#[tokio::test]
+async fn cache_counts_and_watchlist_single_redis() {
+    let redis = Redis::start().await;
+    protocol_features_across_nodes(nodes(2, &bus_single(&redis.url())).await).await;
+}
+
+#[tokio::test]
+async fn cache_counts_and_watchlist_redis_cluster() {
+    let cluster = RedisCluster::start().await;
+    protocol_features_across_nodes(nodes(2, &bus_cluster(&cluster.urls())).await).await;
+}
