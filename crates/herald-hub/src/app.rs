@@ -33,6 +33,10 @@ pub struct App {
     pub subscription_count_events: bool,
     /// How long a cache channel keeps its last event.
     pub cache_ttl: Duration,
+    /// HTTP API requests accepted per second (429 beyond); 0 = no limit.
+    pub api_requests_per_second: u32,
+    /// Log the metadata (never the payload) of every frame of this app's connections.
+    pub debug_frames: bool,
 }
 
 impl App {
@@ -54,6 +58,8 @@ impl App {
             watchlist_events: false,
             subscription_count_events: false,
             cache_ttl: Duration::from_secs(30 * 60),
+            api_requests_per_second: 0,
+            debug_frames: false,
         }
     }
 

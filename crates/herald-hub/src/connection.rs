@@ -33,7 +33,12 @@ impl Connection {
 
     /// Queues a frame for this connection alone.
     pub fn send(&self, frame: impl Into<Bytes>) -> Pushed {
-        let pushed = self.outbox.push(frame.into());
+        self.send_timed(frame.into(), 0)
+    }
+
+    /// Queues a publication first received at `published_at_us` (Unix µs).
+    pub fn send_timed(&self, frame: Bytes, published_at_us: u64) -> Pushed {
+        let pushed = self.outbox.push_timed(frame, published_at_us);
         if pushed == Pushed::Overflowed {
             crate::metrics::slow_client(&self.app.id);
         }

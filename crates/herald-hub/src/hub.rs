@@ -288,6 +288,7 @@ impl Hub {
         channel: &ChannelName,
         frame: &Bytes,
         exclude: Option<SocketId>,
+        published_at_us: u64,
     ) -> usize {
         let Some(ch) = self.channel(app_id, channel) else {
             return 0;
@@ -298,7 +299,7 @@ impl Hub {
             if Some(*socket_id) == exclude {
                 continue;
             }
-            if conn.send(frame.clone()) == Pushed::Queued {
+            if conn.send_timed(frame.clone(), published_at_us) == Pushed::Queued {
                 delivered += 1;
             }
         }
@@ -325,16 +326,13 @@ impl Hub {
                 payload: BusPayload::Frame(frame.clone()),
             })
             .await?;
-        let n = self.deliver_local(app_id, channel, &frame, exclude);
-        self.record_delivery(n, published_at_us);
+        let n = self.deliver_local(app_id, channel, &frame, exclude, published_at_us);
+        self.record_delivery(n);
         Ok(n)
     }
 
-    fn record_delivery(&self, n: usize, published_at_us: u64) {
+    fn record_delivery(&self, n: usize) {
         metrics::sent("event", n as u64);
-        if n > 0 && published_at_us > 0 {
-            metrics::delivery_latency(now_us().saturating_sub(published_at_us) as f64 / 1e6);
-        }
     }
 
     /// Closes every local connection subscribed to `channel` with `code` (terminate).
@@ -395,8 +393,14 @@ impl BusSink for Hub {
         }
         match &msg.payload {
             BusPayload::Frame(frame) => {
-                let n = self.deliver_local(&msg.app_id, &msg.channel, frame, msg.exclude);
-                self.record_delivery(n, msg.published_at_us);
+                let n = self.deliver_local(
+                    &msg.app_id,
+                    &msg.channel,
+                    frame,
+                    msg.exclude,
+                    msg.published_at_us,
+                );
+                self.record_delivery(n);
             }
             BusPayload::TerminateUser => {
                 self.close_subscribers(

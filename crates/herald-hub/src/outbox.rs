@@ -34,7 +34,17 @@ struct Inner {
     bytes: usize,
     /// Pong payloads owed to the client's protocol pings (at most a few).
     pongs: Vec<Bytes>,
+    /// Publish time of the oldest queued publication (for the delivery latency metric).
+    oldest_publish_us: u64,
     close: Option<CloseReason>,
+}
+
+/// What one drain took out, besides the frames.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Drained {
+    pub close: Option<CloseReason>,
+    /// Publish time (Unix µs) of the oldest publication drained; 0 when none.
+    pub oldest_publish_us: u64,
 }
 
 /// Most protocol pongs kept pending; a client that pings faster than it reads gets fewer.
@@ -58,6 +68,7 @@ impl Outbox {
                 queue: VecDeque::new(),
                 bytes: 0,
                 pongs: Vec::new(),
+                oldest_publish_us: 0,
                 close: None,
             }),
             notify: Notify::new(),
@@ -66,6 +77,11 @@ impl Outbox {
     }
 
     pub fn push(&self, frame: Bytes) -> Pushed {
+        self.push_timed(frame, 0)
+    }
+
+    /// Queues a publication that arrived at its first node at `published_at_us`.
+    pub fn push_timed(&self, frame: Bytes, published_at_us: u64) -> Pushed {
         let mut inner = self.inner.lock();
         if inner.close.is_some() {
             return Pushed::Closed;
@@ -82,6 +98,9 @@ impl Outbox {
             return Pushed::Overflowed;
         }
         inner.bytes += frame.len();
+        if inner.oldest_publish_us == 0 {
+            inner.oldest_publish_us = published_at_us;
+        }
         let was_empty = inner.queue.is_empty();
         inner.queue.push_back(frame);
         drop(inner);
@@ -121,11 +140,15 @@ impl Outbox {
     }
 
     /// Like [`Outbox::drain`], and also moves pending pongs into `pongs`.
-    pub fn drain_all(&self, out: &mut Vec<Bytes>, pongs: &mut Vec<Bytes>) -> Option<CloseReason> {
+    pub fn drain_all(&self, out: &mut Vec<Bytes>, pongs: &mut Vec<Bytes>) -> Drained {
         let mut inner = self.inner.lock();
         pongs.append(&mut inner.pongs);
+        let oldest_publish_us = std::mem::take(&mut inner.oldest_publish_us);
         drop(inner);
-        self.drain(out)
+        Drained {
+            close: self.drain(out),
+            oldest_publish_us,
+        }
     }
 
     /// Moves every queued frame into `out`; returns the close reason once one is set and the
@@ -134,6 +157,7 @@ impl Outbox {
         let mut inner = self.inner.lock();
         out.extend(inner.queue.drain(..));
         inner.bytes = 0;
+        inner.oldest_publish_us = 0;
         if inner.queue.capacity() > 64 {
             inner.queue.shrink_to(16);
         }

@@ -82,6 +82,17 @@ impl Session {
     }
 
     async fn on_message(&mut self, msg: ClientMessage) {
+        if self.conn.app.debug_frames {
+            let (kind, channel) = match &msg {
+                ClientMessage::Ping => ("pusher:ping", None),
+                ClientMessage::Pong => ("pusher:pong", None),
+                ClientMessage::Subscribe { channel, .. } => ("pusher:subscribe", Some(channel)),
+                ClientMessage::Unsubscribe { channel } => ("pusher:unsubscribe", Some(channel)),
+                ClientMessage::Signin { .. } => ("pusher:signin", None),
+                ClientMessage::ClientEvent { channel, .. } => ("client event", Some(channel)),
+            };
+            tracing::info!(app = %self.conn.app.id, socket_id = %self.conn.socket_id, kind, channel = ?channel.map(|c| c.as_str()), "frame received");
+        }
         match msg {
             ClientMessage::Ping => {
                 metrics::received("ping");
@@ -133,6 +144,9 @@ impl Session {
     }
 
     fn subscription_failed(&self, channel: &ChannelName, e: &SubscribeError) {
+        if let SubscribeError::Protocol(ProtocolError::InvalidSignature { .. }) = e {
+            tracing::info!(app = %self.conn.app.id, socket_id = %self.conn.socket_id, "subscription refused: invalid signature");
+        }
         let (kind, status, message) = match e {
             SubscribeError::Protocol(
                 p @ (ProtocolError::InvalidSignature { .. } | ProtocolError::AuthRequired(_)),

@@ -213,6 +213,15 @@ async fn handle_route(
         .by_id(route.app_id)
         .cloned()
         .ok_or_else(|| ApiError::from(ProtocolError::UnknownApp(route.app_id.to_owned())))?;
+    if !node.take_api_token(&app.id) {
+        return Err(ApiError::new(
+            429,
+            format!(
+                "Too many requests: app {} is limited to {} API requests per second",
+                app.id, app.api_requests_per_second
+            ),
+        ));
+    }
     let method = req.method().as_str().to_owned();
     let path = req.uri().path().to_owned();
     let query = query_pairs(req.uri().query());

@@ -115,6 +115,10 @@ pub struct LogConfig {
     pub format: String,
     /// A tracing filter such as `info` or `herald_node=debug` (`RUST_LOG` wins).
     pub level: String,
+    /// An app id whose connections log every frame's metadata (kind, channel, size; never
+    /// payloads). Off when unset.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub debug_app: Option<String>,
 }
 
 impl Default for LogConfig {
@@ -122,6 +126,7 @@ impl Default for LogConfig {
         LogConfig {
             format: "auto".into(),
             level: "info".into(),
+            debug_app: None,
         }
     }
 }
@@ -164,6 +169,9 @@ pub struct AppConfig {
     pub subscription_count_events: bool,
     #[serde(default = "d_cache_ttl")]
     pub cache_ttl: u64,
+    /// HTTP API requests per second for this app (429 beyond); 0 = no limit.
+    #[serde(default)]
+    pub api_requests_per_second: u32,
 }
 
 fn yes() -> bool {
@@ -203,6 +211,7 @@ impl AppConfig {
         app.watchlist_events = self.watchlist_events;
         app.subscription_count_events = self.subscription_count_events;
         app.cache_ttl = Duration::from_secs(self.cache_ttl);
+        app.api_requests_per_second = self.api_requests_per_second;
         app
     }
 }
@@ -253,6 +262,7 @@ fn reverb_layer(env: &dyn Fn(&str) -> Option<String>) -> ReverbLayer {
             watchlist_events: false,
             subscription_count_events: false,
             cache_ttl: d_cache_ttl(),
+            api_requests_per_second: 0,
         }]),
         _ => None,
     };

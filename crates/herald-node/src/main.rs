@@ -11,6 +11,7 @@ mod drain;
 mod metrics;
 mod node;
 mod server;
+mod tls;
 mod ws;
 
 use std::io::IsTerminal;
@@ -124,6 +125,7 @@ async fn run(mut config: Config) -> anyhow::Result<()> {
             ..toml_app_defaults()
         });
     }
+    raise_fd_limit();
     let prometheus = metrics::install().context("installing the metrics recorder")?;
     metrics::register_zeroes(
         &config.apps.iter().map(|a| a.id.clone()).collect::<Vec<_>>(),
@@ -144,7 +146,12 @@ async fn run(mut config: Config) -> anyhow::Result<()> {
         _ => Arc::new(LocalBus::new()),
     };
     metrics::bus_connected(bus.is_ready());
-    let apps = Apps::new(config.apps.iter().map(AppConfig::to_app));
+    let debug_app = config.log.debug_app.clone();
+    let apps = Apps::new(config.apps.iter().map(|a| {
+        let mut app = a.to_app();
+        app.debug_frames = debug_app.as_deref() == Some(a.id.as_str());
+        app
+    }));
     let hub = Hub::new(
         HubConfig {
             node_id: node_id.clone(),
@@ -165,8 +172,14 @@ async fn run(mut config: Config) -> anyhow::Result<()> {
     let node = Node::new(config, hub);
     metrics::ready(node.readiness().is_ok());
 
+    let tls = node.config.tls.as_ref().map(tls::acceptor).transpose()?;
     let tracker = TaskTracker::new();
-    let accept = tokio::spawn(server::serve_public(node.clone(), public, tracker.clone()));
+    let accept = tokio::spawn(server::serve_public(
+        node.clone(),
+        public,
+        tracker.clone(),
+        tls,
+    ));
     tokio::spawn(server::serve_admin(node.clone(), admin, prometheus));
     tracing::info!(listen = %public_addr, admin = %admin_addr, node_id = %node_id, "herald is listening");
     if demo {
@@ -178,6 +191,14 @@ async fn run(mut config: Config) -> anyhow::Result<()> {
     accept.abort();
     tokio::time::sleep(Duration::from_millis(10)).await;
     Ok(())
+}
+
+/// Every connection is a file descriptor: take the hard limit, not the usual soft 1024.
+fn raise_fd_limit() {
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(n) => tracing::info!(nofile = n, "file descriptor limit"),
+        Err(e) => tracing::warn!(error = %e, "cannot raise the file descriptor limit"),
+    }
 }
 
 fn redis_bus_config(config: &Config, node_id: &str) -> herald_bus::RedisBusConfig {

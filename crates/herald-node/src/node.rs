@@ -17,6 +17,8 @@ pub struct Node {
     draining: AtomicBool,
     open: AtomicU64,
     handshakes: Mutex<TokenBucket>,
+    /// Per-app HTTP API rate limits (apps with `api_requests_per_second`).
+    api_limits: std::collections::HashMap<String, Mutex<TokenBucket>>,
     /// Cancelled when the node stops accepting connections.
     pub shutdown: CancellationToken,
 }
@@ -45,12 +47,24 @@ impl Drop for OpenGuard<'_> {
 impl Node {
     pub fn new(config: Config, hub: Arc<Hub>) -> Arc<Self> {
         let rate = config.server.handshakes_per_second;
+        let api_limits = config
+            .apps
+            .iter()
+            .filter(|a| a.api_requests_per_second > 0)
+            .map(|a| {
+                (
+                    a.id.clone(),
+                    Mutex::new(TokenBucket::new(a.api_requests_per_second)),
+                )
+            })
+            .collect();
         Arc::new(Node {
             config,
             hub,
             draining: AtomicBool::new(false),
             open: AtomicU64::new(0),
             handshakes: Mutex::new(TokenBucket::new(rate)),
+            api_limits,
             shutdown: CancellationToken::new(),
         })
     }
@@ -66,6 +80,13 @@ impl Node {
 
     pub fn open_connections(&self) -> u64 {
         self.open.load(Ordering::Acquire)
+    }
+
+    /// Whether the app may make another API request now.
+    pub fn take_api_token(&self, app_id: &str) -> bool {
+        self.api_limits
+            .get(app_id)
+            .is_none_or(|b| b.lock().try_take())
     }
 
     pub fn take_handshake_token(&self) -> bool {

@@ -14,6 +14,7 @@ use hyper_util::rt::TokioIo;
 use metrics_exporter_prometheus::PrometheusHandle;
 use serde_json::json;
 use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
 use tokio_util::task::TaskTracker;
 
 use crate::api::{self, json_response, Body};
@@ -86,8 +87,38 @@ async fn route(
     })
 }
 
+/// Serves HTTP/1.1 (with upgrades) on one accepted connection until it ends or the node shuts
+/// down, then closes idle keep-alive connections gracefully.
+async fn serve_http<I>(node: Arc<Node>, tracker: TaskTracker, io: I)
+where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    let shutdown = node.shutdown.clone();
+    let service = service_fn(move |req| route(node.clone(), tracker.clone(), req));
+    let conn = http1::Builder::new()
+        .serve_connection(io, service)
+        .with_upgrades();
+    tokio::pin!(conn);
+    let result = tokio::select! {
+        r = conn.as_mut() => r,
+        _ = shutdown.cancelled() => {
+            // Finish the request in flight, then close idle keep-alive connections.
+            conn.as_mut().graceful_shutdown();
+            conn.await
+        }
+    };
+    if let Err(e) = result {
+        tracing::debug!(error = %e, "HTTP connection error");
+    }
+}
+
 /// Accepts connections until the node's shutdown token is cancelled.
-pub async fn serve_public(node: Arc<Node>, listener: TcpListener, tracker: TaskTracker) {
+pub async fn serve_public(
+    node: Arc<Node>,
+    listener: TcpListener,
+    tracker: TaskTracker,
+    tls: Option<TlsAcceptor>,
+) {
     loop {
         let accepted = tokio::select! {
             a = listener.accept() => a,
@@ -105,13 +136,22 @@ pub async fn serve_public(node: Arc<Node>, listener: TcpListener, tracker: TaskT
         let _ = stream.set_nodelay(true);
         let node = node.clone();
         let t = tracker.clone();
+        let tls = tls.clone();
         tracker.spawn(async move {
-            let service = service_fn(move |req| route(node.clone(), t.clone(), req));
-            let conn = http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), service)
-                .with_upgrades();
-            if let Err(e) = conn.await {
-                tracing::debug!(error = %e, "HTTP connection error");
+            match tls {
+                None => serve_http(node, t, TokioIo::new(stream)).await,
+                Some(acceptor) => {
+                    match tokio::time::timeout(
+                        std::time::Duration::from_secs(10),
+                        acceptor.accept(stream),
+                    )
+                    .await
+                    {
+                        Ok(Ok(s)) => serve_http(node, t, TokioIo::new(s)).await,
+                        Ok(Err(e)) => tracing::debug!(error = %e, "TLS handshake failed"),
+                        Err(_) => tracing::debug!("TLS handshake timed out"),
+                    }
+                }
             }
         });
     }

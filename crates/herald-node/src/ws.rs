@@ -171,7 +171,7 @@ pub async fn serve(
     let socket_id = SocketId::generate(&mut rand::rng());
     let conn = node.hub.connect(socket_id, app.clone());
     let _guard = node.connection_opened(&app.id);
-    tracing::debug!(app = %app.id, %socket_id, "connection open");
+    tracing::info!(app = %app.id, %socket_id, "connection opened");
     let session = Session::start(
         node.hub.clone(),
         conn.clone(),
@@ -220,8 +220,20 @@ pub async fn serve(
     if !conn.outbox.is_closing() {
         conn.outbox.close(1000, "");
     }
-    let _ = tokio::time::timeout(Duration::from_secs(5), writer).await;
-    tracing::debug!(app = %app.id, %socket_id, "connection closed");
+    let close = match tokio::time::timeout(Duration::from_secs(5), writer).await {
+        Ok(Ok(close)) => close,
+        _ => None,
+    };
+    let seconds = started.elapsed().as_secs();
+    match close {
+        Some(c) if c.code >= 4000 => {
+            tracing::info!(app = %app.id, %socket_id, code = c.code, reason = %c.message, seconds, "connection closed by the server")
+        }
+        Some(c) => {
+            tracing::info!(app = %app.id, %socket_id, code = c.code, seconds, "connection closed")
+        }
+        None => tracing::info!(app = %app.id, %socket_id, seconds, "connection lost"),
+    }
 }
 
 async fn read_loop(
@@ -295,7 +307,7 @@ async fn write_loop(
     last_seen: Arc<AtomicU64>,
     started: Instant,
     done: CancellationToken,
-) {
+) -> Option<herald_hub::CloseReason> {
     let activity = Duration::from_secs(node.config.server.activity_timeout);
     let pong_wait = Duration::from_secs(node.config.server.pong_timeout);
     let mut frames = Vec::new();
@@ -324,7 +336,8 @@ async fn write_loop(
                 "Connection is unauthorized: sign in or subscribe to a private channel in time",
             );
         }
-        let close = conn.outbox.drain_all(&mut frames, &mut pongs);
+        let drained = conn.outbox.drain_all(&mut frames, &mut pongs);
+        let close = drained.close;
         let now_seen = last_seen.load(Ordering::Relaxed);
         if pinged_at.is_some_and(|at| now_seen > at) {
             pinged_at = None;
@@ -369,6 +382,12 @@ async fn write_loop(
             if io.write_all(&buf).await.is_err() {
                 break None;
             }
+            if drained.oldest_publish_us > 0 {
+                herald_hub::metrics::delivery_latency_sampled(
+                    herald_hub::hub::now_us(),
+                    drained.oldest_publish_us,
+                );
+            }
             buf.clear();
             if buf.capacity() > 64 * 1024 {
                 buf.shrink_to(4096);
@@ -376,12 +395,10 @@ async fn write_loop(
         }
         if let Some(c) = close {
             let _ = io.shutdown().await;
-            break Some(c.code);
+            break Some(c);
         }
     };
     done.cancel();
-    metrics::closed(&conn.app.id, close_code);
-    if close_code.is_some_and(|c| c >= 4000) {
-        tracing::info!(app = %conn.app.id, socket_id = %conn.socket_id, code = close_code, "connection closed by server");
-    }
+    metrics::closed(&conn.app.id, close_code.as_ref().map(|c| c.code));
+    close_code
 }
