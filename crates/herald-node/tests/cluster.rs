@@ -466,3 +466,92 @@ async fn cache_counts_and_watchlist_redis_cluster() {
     let cluster = RedisCluster::start().await;
     protocol_features_across_nodes(nodes(2, &bus_cluster(&cluster.urls())).await).await;
 }
+
+#[tokio::test]
+async fn password_and_key_prefix_keep_clusters_apart() {
+    let redis = Redis::start_with_password("s3cret").await;
+    let url = format!("redis://:s3cret@127.0.0.1:{}", redis.port);
+    let blue = |prefix: &str| {
+        format!("[bus]\ndriver = \"redis\"\nurl = \"{url}\"\nkey_prefix = \"{prefix}\"\nlease_seconds = {LEASE}\n{}", default_apps())
+    };
+    let blue_a = Herald::start_node("blue-a", "", &blue("blue")).await;
+    let blue_b = Herald::start_node("blue-b", "", &blue("blue")).await;
+    let green = Herald::start_node("green-a", "", &blue("green")).await;
+    let mut on_blue = blue_b.client().await;
+    let mut on_green = green.client().await;
+    on_blue.subscribe("shared-name").await;
+    on_green.subscribe("shared-name").await;
+    assert_eq!(
+        blue_a
+            .api()
+            .trigger(&["shared-name"], "e", "blue", None)
+            .await
+            .0,
+        200
+    );
+    assert_eq!(on_blue.recv().await["data"], "blue");
+    on_green.expect_silence(Duration::from_millis(400)).await;
+    let (_, info) = green
+        .api()
+        .call(
+            "GET",
+            "/channels/shared-name",
+            &[("info", "subscription_count")],
+            "",
+        )
+        .await;
+    assert_eq!(
+        info["subscription_count"], 1,
+        "the green cluster counts only its own subscriber"
+    );
+
+    // A wrong password is refused at start-up with a clear error.
+    let port = free_port();
+    let admin = free_port();
+    let dir = tempdir::Dir::new();
+    let cfg = dir.0.join("h.toml");
+    let bad = format!("redis://:wrong@127.0.0.1:{}", redis.port);
+    std::fs::write(
+        &cfg,
+        format!("[server]\nlisten = \"127.0.0.1:{port}\"\nadmin_listen = \"127.0.0.1:{admin}\"\n[bus]\ndriver = \"redis\"\nurl = \"{bad}\"\n{}", default_apps()),
+    )
+    .unwrap();
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_herald"))
+            .arg("--config")
+            .arg(&cfg)
+            .env("RUST_LOG", "error")
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("connecting the Redis bus"), "{err}");
+    assert!(
+        !err.contains("wrong@"),
+        "credentials must not be printed: {err}"
+    );
+}
+
+#[tokio::test]
+async fn sentinel_discovers_the_master() {
+    let redis = Redis::start().await;
+    let sentinel = redis.start_sentinel("mymaster").await;
+    let bus = format!(
+        "[bus]\ndriver = \"redis\"\nsentinel_urls = [\"redis://127.0.0.1:{}\"]\nsentinel_master = \"mymaster\"\nlease_seconds = {LEASE}\n{}",
+        sentinel.port,
+        default_apps()
+    );
+    let a = Herald::start_node("s-a", "", &bus).await;
+    let b = Herald::start_node("s-b", "", &bus).await;
+    let mut on_b = b.client().await;
+    on_b.subscribe("via-sentinel").await;
+    assert_eq!(
+        a.api().trigger(&["via-sentinel"], "e", "1", None).await.0,
+        200
+    );
+    assert_eq!(on_b.recv().await["data"], "1");
+    assert_eq!(redis.numsub("{herald:app1:via-sentinel}:msg"), 1);
+}

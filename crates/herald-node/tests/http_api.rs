@@ -427,3 +427,42 @@ async fn health_and_metrics() {
     }
     assert!(!metrics.contains("secret1"));
 }
+
+#[tokio::test]
+async fn check_config_names_the_bad_key() {
+    let dir = tempdir::Dir::new();
+    let good = dir.0.join("good.toml");
+    std::fs::write(&good, "[server]\nlisten = \"127.0.0.1:8080\"\n[[apps]]\nid = \"a\"\nkey = \"k\"\nsecret = \"s\"\n").unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_herald"))
+        .arg("check-config")
+        .arg(&good)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("configuration OK: 1 app(s)"));
+    let bad = dir.0.join("bad.toml");
+    std::fs::write(
+        &bad,
+        "[server]\nlisten = \"127.0.0.1:8080\"\nlisen_port = 1\n",
+    )
+    .unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_herald"))
+        .arg("check-config")
+        .arg(&bad)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("lisen_port"), "{err}");
+    // Starting with a bad file fails the same way, before listening.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_herald"))
+        .arg("--config")
+        .arg(&bad)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+}

@@ -52,6 +52,55 @@ async fn wait_ping(port: u16) {
 }
 
 impl Redis {
+    /// A server that requires `password` (AUTH).
+    pub async fn start_with_password(password: &str) -> Redis {
+        let port = free_port();
+        let dir = tempdir::Dir::new();
+        let child = spawn_redis(port, &dir.0, &["--requirepass", password]);
+        for _ in 0..200 {
+            if cli(port, &["-a", password, "--no-auth-warning", "PING"]) == "PONG" {
+                return Redis {
+                    port,
+                    child: Some(child),
+                    dir,
+                };
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        panic!("redis with a password did not start");
+    }
+
+    /// A Sentinel watching this server as `master_name`.
+    pub async fn start_sentinel(&self, master_name: &str) -> Sentinel {
+        let port = free_port();
+        let dir = tempdir::Dir::new();
+        let conf = dir.0.join("sentinel.conf");
+        std::fs::write(
+            &conf,
+            format!("port {port}\nbind 127.0.0.1\nsentinel monitor {master_name} 127.0.0.1 {} 1\nsentinel down-after-milliseconds {master_name} 5000\n", self.port),
+        )
+        .unwrap();
+        let child = Command::new("redis-server")
+            .arg(&conf)
+            .arg("--sentinel")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server --sentinel starts");
+        for _ in 0..200 {
+            let out = cli(port, &["SENTINEL", "get-master-addr-by-name", master_name]);
+            if out.contains(&self.port.to_string()) {
+                return Sentinel {
+                    port,
+                    child,
+                    _dir: dir,
+                };
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("sentinel did not learn the master");
+    }
+
     pub async fn start() -> Redis {
         let port = free_port();
         let dir = tempdir::Dir::new();
@@ -190,5 +239,18 @@ impl Drop for RedisCluster {
             let _ = c.kill();
             let _ = c.wait();
         }
+    }
+}
+
+pub struct Sentinel {
+    pub port: u16,
+    child: Child,
+    _dir: tempdir::Dir,
+}
+
+impl Drop for Sentinel {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
