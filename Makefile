@@ -3,7 +3,7 @@ CARGO ?= cargo
 JOBS ?= 2
 HERALD_BIN := target/debug/herald
 
-.PHONY: help build release run test test-rust test-conformance check-deploy lint fmt cluster bench clean
+.PHONY: help build release run test test-rust test-conformance test-python check-deploy lint fmt cluster bench clean
 
 help:
 	@echo "make run            build and start one node (in-process bus, demo app)"
@@ -22,13 +22,16 @@ release:
 run: build
 	$(HERALD_BIN) $(if $(CONFIG),--config $(CONFIG),)
 
-test: test-rust test-conformance check-deploy
+test: test-rust test-conformance test-python check-deploy
 
 test-rust: build
 	$(CARGO) test -j$(JOBS) --workspace
 
 test-conformance: build
 	HERALD_BIN=$(CURDIR)/$(HERALD_BIN) tests/conformance/run.sh
+
+test-python: build
+	HERALD_BIN=$(CURDIR)/$(HERALD_BIN) tests/python/run.sh
 
 check-deploy: build
 	deploy/check/run.sh --herald-bin $(HERALD_BIN)

@@ -24,6 +24,13 @@ const HERALD_BIN = process.env.HERALD_BIN
 const APPS = {
   app1: { id: 'app1', key: 'key1', secret: 'secret1', client_events: true },
   app2: { id: 'app2', key: 'key2', secret: 'secret2', client_events: false, max_connections: 3 },
+  // protocol-7 extras switched on: watchlists, subscription counts, short cache TTL
+  app3: {
+    id: 'app3', key: 'key3', secret: 'secret3', client_events: true,
+    watchlist_events: true, subscription_count_events: true, cache_ttl: 2,
+  },
+  // authorized connections: unauthorized sockets are closed (4009) after 1 s
+  app4: { id: 'app4', key: 'key4', secret: 'secret4', client_events: true, authorized_connections_timeout: 1 },
 };
 
 const SOCKET_ID_RE = /^\d+\.\d+$/;
@@ -128,25 +135,21 @@ function httpRequest(port, method, urlPath, body) {
   });
 }
 
+function tomlValue(v) {
+  return typeof v === 'string' ? JSON.stringify(v) : String(v);
+}
+
 function configToml(port, adminPort) {
-  return `[server]
+  let out = `[server]
 listen = "${HOST}:${port}"
 admin_listen = "${HOST}:${adminPort}"
 activity_timeout = 120
-
-[[apps]]
-id = "app1"
-key = "key1"
-secret = "secret1"
-client_events = true
-
-[[apps]]
-id = "app2"
-key = "key2"
-secret = "secret2"
-client_events = false
-max_connections = 3
 `;
+  for (const a of Object.values(APPS)) {
+    out += '\n[[apps]]\n';
+    for (const [k, v] of Object.entries(a)) out += `${k} = ${tomlValue(v)}\n`;
+  }
+  return out;
 }
 
 /**
@@ -285,6 +288,9 @@ class Herald {
    * served by the SDK (`server.authorizeChannel`).
    * opts.user: presence data {user_id, user_info}
    * opts.authorize: custom (socketId, channelName) => {auth, channel_data?}
+   * opts.signin: user data {id, user_info?, watchlist?} for userAuthentication
+   *   (signed by the SDK's authenticateUser); opts.authenticateUser: custom
+   *   socketId => {auth, user_data}. pusher.signin() is left to the test.
    */
   client(opts = {}) {
     const app = opts.app || 'app1';
@@ -293,6 +299,8 @@ class Herald {
     const authorize = opts.authorize ||
       ((socketId, channelName) => server.authorizeChannel(
         socketId, channelName, channelName.startsWith('presence-') ? opts.user : undefined));
+    const authenticateUser = opts.authenticateUser ||
+      ((socketId) => server.authenticateUser(socketId, opts.signin));
     const pusher = new PusherJS(key, {
       wsHost: HOST,
       wsPort: this.port,
@@ -302,6 +310,11 @@ class Herald {
       channelAuthorization: {
         customHandler: ({ socketId, channelName }, cb) => {
           try { cb(null, authorize(socketId, channelName)); } catch (e) { cb(e, null); }
+        },
+      },
+      userAuthentication: {
+        customHandler: ({ socketId }, cb) => {
+          try { cb(null, authenticateUser(socketId)); } catch (e) { cb(e, null); }
         },
       },
       ...(opts.pusherOptions || {}),

@@ -96,10 +96,31 @@ struct Route<'a> {
 }
 
 fn route<'a>(method: &Method, path: &'a str) -> Result<Route<'a>, ApiError> {
+    // pusher-http-python 3.x posts terminate_connections without the `/apps/{id}` prefix; the
+    // app is then the one whose key signed the request.
+    if let Some(user) = path
+        .strip_prefix("/users/")
+        .and_then(|r| r.strip_suffix("/terminate_connections"))
+    {
+        if *method != Method::POST {
+            return Err(ApiError::new(
+                405,
+                format!("{path} takes POST, not {method}"),
+            ));
+        }
+        return Ok(Route {
+            app_id: "",
+            endpoint: Endpoint::Terminate,
+            name: Some(percent_decode(user)),
+        });
+    }
     let rest = path
         .strip_prefix("/apps/")
         .ok_or_else(|| ApiError::new(404, "Not found"))?;
     let parts: Vec<&str> = rest.split('/').collect();
+    if parts[0].is_empty() {
+        return Err(ApiError::new(404, format!("No app id in {path}")));
+    }
     let decode = |s: &str| percent_decode(s);
     let (endpoint, name, want) = match parts.as_slice() {
         [_, "events"] => (Endpoint::Events, None, Method::POST),
@@ -207,12 +228,24 @@ async fn handle_route(
     req: Request<Incoming>,
     arrived_us: u64,
 ) -> Result<Value, ApiError> {
-    let app = node
-        .hub
-        .apps()
-        .by_id(route.app_id)
-        .cloned()
-        .ok_or_else(|| ApiError::from(ProtocolError::UnknownApp(route.app_id.to_owned())))?;
+    let app = if route.app_id.is_empty() {
+        let key = query_pairs(req.uri().query())
+            .into_iter()
+            .find(|(k, _)| k == "auth_key")
+            .map(|(_, v)| v)
+            .unwrap_or_default();
+        node.hub
+            .apps()
+            .by_key(&key)
+            .cloned()
+            .ok_or_else(|| ApiError::new(401, "Unknown auth_key"))?
+    } else {
+        node.hub
+            .apps()
+            .by_id(route.app_id)
+            .cloned()
+            .ok_or_else(|| ApiError::from(ProtocolError::UnknownApp(route.app_id.to_owned())))?
+    };
     if !node.take_api_token(&app.id) {
         return Err(ApiError::new(
             429,

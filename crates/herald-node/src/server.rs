@@ -75,7 +75,7 @@ async fn route(
         let (parts, _) = response.into_parts();
         return Ok(Response::from_parts(parts, Full::new(Bytes::new())));
     }
-    if path.starts_with("/apps/") {
+    if path.starts_with("/apps/") || path.starts_with("/users/") {
         return Ok(api::handle(node, req).await);
     }
     Ok(match path {

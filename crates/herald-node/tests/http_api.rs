@@ -466,3 +466,38 @@ async fn check_config_names_the_bad_key() {
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
 }
+
+#[tokio::test]
+async fn terminate_without_the_apps_prefix_as_pusher_http_python_sends_it() {
+    let h = Herald::start().await;
+    let mut c = h.client().await;
+    c.signin_as(KEY, SECRET, r#"{"id":"py"}"#).await;
+    let path = "/users/py/terminate_connections";
+    let q = herald_protocol::api_auth::signed_query(KEY, SECRET, "POST", path, &[], b"{}", now());
+    let (status, body) = http(
+        h.port,
+        "POST",
+        &format!("{path}?{q}"),
+        Bytes::from_static(b"{}"),
+    )
+    .await;
+    assert_eq!((status, body.as_str()), (200, "{}"));
+    assert_eq!(c.expect_close().await.0, 4200);
+    // Signed with another key's secret: refused.
+    let q = herald_protocol::api_auth::signed_query(KEY, "wrong", "POST", path, &[], b"{}", now());
+    assert_eq!(
+        http(
+            h.port,
+            "POST",
+            &format!("{path}?{q}"),
+            Bytes::from_static(b"{}")
+        )
+        .await
+        .0,
+        401
+    );
+    assert_eq!(
+        http(h.port, "POST", "/apps//events", Bytes::new()).await.0,
+        404
+    );
+}
