@@ -208,39 +208,60 @@ impl Inner {
         if dirty.is_empty() {
             return Ok(());
         }
-        let pipeline = self.client.pipeline();
-        let node = self.cfg.node_id.as_str();
-        let index = self.keys.node_index(node);
-        for (app, channel) in &dirty {
+        let node = self.cfg.node_id.clone();
+        let index = self.keys.node_index(&node);
+        // One script per changed channel, all in flight at once on the multiplexed connection.
+        let mut tasks = tokio::task::JoinSet::new();
+        for (app, channel) in dirty.iter().cloned() {
             let count = self
                 .local_counts
                 .get(&(app.clone(), channel.clone()))
                 .map(|c| *c)
                 .unwrap_or(0);
-            let subs = self.keys.subs(app, channel.as_str());
-            if count > 0 {
-                let _: () = pipeline.hset(subs, (node, count as i64)).await?;
-                let _: () = pipeline
-                    .sadd(self.keys.app_channels(app), channel.as_str())
+            let holds_members = self
+                .local_members
+                .iter()
+                .any(|e| e.key().0 .0 == app && e.key().0 .1 == channel);
+            let client = self.client.clone();
+            let (subs, app_channels, index, node) = (
+                self.keys.subs(&app, channel.as_str()),
+                self.keys.app_channels(&app),
+                index.clone(),
+                node.clone(),
+            );
+            tasks.spawn(async move {
+                let totals: (i64, i64) = client
+                    .eval(scripts::SUBS_SET, vec![subs], vec![node, count.to_string()])
                     .await?;
-                let _: () = pipeline
-                    .sadd(index.clone(), index_channel(app, channel.as_str()))
-                    .await?;
-            } else {
-                let _: () = pipeline.hdel(subs, node).await?;
-                if !self
-                    .local_members
-                    .iter()
-                    .any(|e| e.key().0 .0 == *app && e.key().0 .1 == *channel)
-                {
-                    let _: () = pipeline
-                        .srem(index.clone(), index_channel(app, channel.as_str()))
-                        .await?;
+                let entry = index_channel(&app, channel.as_str());
+                if count > 0 {
+                    let _: i64 = client.sadd(app_channels, channel.as_str()).await?;
+                    let _: i64 = client.sadd(index, entry).await?;
+                } else if !holds_members {
+                    let _: i64 = client.srem(index, entry).await?;
                 }
+                Ok::<_, Error>((app, channel, totals))
+            });
+        }
+        let mut failed = None;
+        while let Some(done) = tasks.join_next().await {
+            match done {
+                Ok(Ok((app, channel, (before, after)))) => {
+                    let Some(sink) = self.sink.get() else {
+                        continue;
+                    };
+                    if before == 0 && after > 0 {
+                        sink.channel_occupancy(&app, &channel, true);
+                    } else if before > 0 && after == 0 {
+                        sink.channel_occupancy(&app, &channel, false);
+                    }
+                }
+                Ok(Err(e)) => failed = Some(e),
+                Err(e) => failed = Some(Error::new(ErrorKind::Unknown, e.to_string())),
             }
         }
-        if let Err(e) = pipeline.all::<Value>().await {
-            // Try again on the next flush.
+        if let Some(e) = failed {
+            // Try again on the next flush (the script is idempotent).
             self.dirty.lock().extend(dirty);
             return Err(e);
         }
@@ -295,7 +316,7 @@ impl Inner {
             let Ok(channel) = ChannelName::parse_internal(channel) else {
                 continue;
             };
-            let removed: Vec<String> = match self
+            let mut removed: Vec<String> = match self
                 .client
                 .eval(
                     scripts::REAP_CHANNEL,
@@ -310,7 +331,16 @@ impl Inner {
                     return; // keep the index; the next reaper tries again
                 }
             };
+            let vacated = !removed.is_empty() && removed.remove(0) == "1";
             removed_members += removed.len();
+            if let Some(sink) = self.sink.get() {
+                if vacated {
+                    sink.channel_occupancy(app, &channel, false);
+                }
+                for user_id in &removed {
+                    sink.member_removed(app, &channel, user_id);
+                }
+            }
             for user_id in removed {
                 // A user's last sign-in went with the node: tell its watchers it is offline.
                 // Any other channel: its member left.

@@ -35,9 +35,15 @@ end
 return 0
 "#;
 
-/// ARGV: dead node. Removes the node's sockets and count from the channel; returns the user
-/// ids whose last socket was there.
+/// ARGV: dead node. Removes the node's sockets and count from the channel; returns "1" when
+/// that emptied the channel (else "0"), then the user ids whose last socket was there.
 pub const REAP_CHANNEL: &str = r#"
+local function total()
+  local t = 0
+  for _, v in ipairs(redis.call('HVALS', KEYS[4])) do t = t + tonumber(v) end
+  return t
+end
+local before = total()
 local removed = {}
 local prefix = ARGV[1] .. '|'
 local all = redis.call('HGETALL', KEYS[2])
@@ -54,7 +60,21 @@ for i = 1, #all, 2 do
   end
 end
 redis.call('HDEL', KEYS[4], ARGV[1])
+local vacated = '0'
+if before > 0 and total() == 0 then vacated = '1' end
+table.insert(removed, 1, vacated)
 return removed
+"#;
+
+/// KEYS: the channel's subs hash. ARGV: node, count. Sets this node's count and returns the
+/// channel's total before and after, so the one node that empties or fills a channel knows.
+pub const SUBS_SET: &str = r#"
+local before = 0
+for _, v in ipairs(redis.call('HVALS', KEYS[1])) do before = before + tonumber(v) end
+local old = tonumber(redis.call('HGET', KEYS[1], ARGV[1]) or '0')
+local n = tonumber(ARGV[2])
+if n > 0 then redis.call('HSET', KEYS[1], ARGV[1], n) else redis.call('HDEL', KEYS[1], ARGV[1]) end
+return {before, before - old + n}
 "#;
 
 /// KEYS: app connections hash. ARGV: node, limit. Counts a connection if the app is under its

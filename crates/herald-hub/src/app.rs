@@ -37,6 +37,8 @@ pub struct App {
     pub api_requests_per_second: u32,
     /// Log the metadata (never the payload) of every frame of this app's connections.
     pub debug_frames: bool,
+    /// Whether the app has webhook targets (the node holds them).
+    pub webhooks: bool,
 }
 
 impl App {
@@ -60,6 +62,7 @@ impl App {
             cache_ttl: Duration::from_secs(30 * 60),
             api_requests_per_second: 0,
             debug_frames: false,
+            webhooks: false,
         }
     }
 

@@ -71,6 +71,13 @@ pub struct ChannelStats {
 /// Receives messages published by other nodes.
 pub trait BusSink: Send + Sync {
     fn deliver(&self, msg: BusMessage);
+
+    /// A channel got its first subscriber cluster-wide (`true`) or lost its last (`false`).
+    /// Called on exactly one node per change.
+    fn channel_occupancy(&self, _app_id: &str, _channel: &ChannelName, _occupied: bool) {}
+
+    /// A dead node's member left a presence channel (the reaping node calls this).
+    fn member_removed(&self, _app_id: &str, _channel: &ChannelName, _user_id: &str) {}
 }
 
 /// The cluster seam. Every method answers for the whole cluster.
@@ -161,12 +168,21 @@ struct PresenceChannel {
 }
 
 /// The in-process bus of a single node: no other nodes, state in memory.
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub struct LocalBus {
     interest: DashMap<Key, usize>,
     presence: DashMap<Key, PresenceChannel>,
     connections: DashMap<Arc<str>, AtomicU64>,
     cache: DashMap<Key, (Bytes, tokio::time::Instant)>,
+    sink: std::sync::OnceLock<Arc<dyn BusSink>>,
+}
+
+impl std::fmt::Debug for LocalBus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LocalBus")
+            .field("channels", &self.interest.len())
+            .finish_non_exhaustive()
+    }
 }
 
 impl LocalBus {
@@ -181,7 +197,9 @@ impl LocalBus {
 
 #[async_trait]
 impl Bus for LocalBus {
-    fn attach(&self, _sink: Arc<dyn BusSink>) {}
+    fn attach(&self, sink: Arc<dyn BusSink>) {
+        let _ = self.sink.set(sink);
+    }
 
     async fn publish(&self, _msg: BusMessage) -> Result<(), BusError> {
         Ok(())
@@ -189,10 +207,15 @@ impl Bus for LocalBus {
 
     fn set_interest(&self, app_id: &str, channel: &ChannelName, local: usize) {
         let key = Self::key(app_id, channel);
-        if local == 0 {
-            self.interest.remove(&key);
+        let had = if local == 0 {
+            self.interest.remove(&key).is_some()
         } else {
-            self.interest.insert(key, local);
+            self.interest.insert(key, local).is_some()
+        };
+        if had != (local > 0) {
+            if let Some(sink) = self.sink.get() {
+                sink.channel_occupancy(app_id, channel, local > 0);
+            }
         }
     }
 

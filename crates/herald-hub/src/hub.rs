@@ -57,6 +57,7 @@ const COUNT_THROTTLE: std::time::Duration = std::time::Duration::from_secs(5);
 const COUNT_TICK: std::time::Duration = std::time::Duration::from_millis(100);
 
 pub struct Hub {
+    webhooks: std::sync::OnceLock<Arc<dyn crate::webhook::WebhookSink>>,
     counts: parking_lot::Mutex<CountNotices>,
     node_id: Arc<str>,
     apps: Apps,
@@ -97,6 +98,7 @@ impl Hub {
             })
             .collect();
         let hub = Arc::new(Hub {
+            webhooks: std::sync::OnceLock::new(),
             counts: parking_lot::Mutex::new(CountNotices::default()),
             node_id: Arc::from(config.node_id.as_str()),
             apps,
@@ -110,6 +112,24 @@ impl Hub {
             tokio::spawn(count_notifier(Arc::downgrade(&hub)));
         }
         hub
+    }
+
+    /// Hands the hub the node's webhook sender. Called once, at start-up.
+    pub fn set_webhooks(&self, sink: Arc<dyn crate::webhook::WebhookSink>) {
+        let _ = self.webhooks.set(sink);
+    }
+
+    /// Emits a webhook event if the app has webhooks. Internal channels never produce any.
+    pub(crate) fn webhook(&self, app_id: &str, event: crate::webhook::WebhookEvent) {
+        if event.channel().starts_with('#') {
+            return;
+        }
+        let Some(sink) = self.webhooks.get() else {
+            return;
+        };
+        if self.apps.by_id(app_id).is_some_and(|a| a.webhooks) {
+            sink.emit(app_id, event);
+        }
     }
 
     /// Notes that a channel's subscription count changed (for `subscription_count` events).
@@ -387,6 +407,26 @@ async fn count_notifier(hub: std::sync::Weak<Hub>) {
 }
 
 impl BusSink for Hub {
+    fn channel_occupancy(&self, app_id: &str, channel: &ChannelName, occupied: bool) {
+        let channel = channel.to_string();
+        let event = if occupied {
+            crate::webhook::WebhookEvent::ChannelOccupied { channel }
+        } else {
+            crate::webhook::WebhookEvent::ChannelVacated { channel }
+        };
+        self.webhook(app_id, event);
+    }
+
+    fn member_removed(&self, app_id: &str, channel: &ChannelName, user_id: &str) {
+        self.webhook(
+            app_id,
+            crate::webhook::WebhookEvent::MemberRemoved {
+                channel: channel.to_string(),
+                user_id: user_id.to_owned(),
+            },
+        );
+    }
+
     fn deliver(&self, msg: BusMessage) {
         if msg.origin == self.node_id {
             return; // delivered locally when it was published

@@ -17,6 +17,7 @@ pub mod metrics;
 pub mod outbox;
 pub mod rate;
 pub mod session;
+pub mod webhook;
 
 pub use app::{App, Apps};
 pub use bus::{
@@ -26,3 +27,4 @@ pub use connection::Connection;
 pub use hub::{Hub, HubConfig};
 pub use outbox::{CloseReason, Outbox, Pushed};
 pub use session::Session;
+pub use webhook::{WebhookEvent, WebhookSink};

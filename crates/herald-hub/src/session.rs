@@ -15,6 +15,7 @@ use crate::connection::Connection;
 use crate::hub::{now_us, Hub};
 use crate::metrics;
 use crate::rate::TokenBucket;
+use crate::webhook::WebhookEvent;
 
 #[derive(Debug)]
 struct Subscription {
@@ -296,6 +297,13 @@ impl Session {
             self.send_cached(channel).await;
         }
         if let Some((member, true, _)) = &joined {
+            self.hub.webhook(
+                &app.id,
+                WebhookEvent::MemberAdded {
+                    channel: channel.to_string(),
+                    user_id: member.user_id.clone(),
+                },
+            );
             let frame = Bytes::from(server::member_added(channel.as_str(), member));
             if let Err(e) = self
                 .hub
@@ -313,7 +321,15 @@ impl Session {
     async fn send_cached(&self, channel: &ChannelName) {
         match self.hub.bus().cache_get(&self.conn.app.id, channel).await {
             Ok(Some((frame, _))) => self.conn.send(frame),
-            Ok(None) => self.conn.send(server::cache_miss(channel.as_str())),
+            Ok(None) => {
+                self.hub.webhook(
+                    &self.conn.app.id,
+                    WebhookEvent::CacheMiss {
+                        channel: channel.to_string(),
+                    },
+                );
+                self.conn.send(server::cache_miss(channel.as_str()))
+            }
             Err(e) => {
                 tracing::warn!(app = %self.conn.app.id, error = %e, "cache read failed");
                 self.conn.send(server::cache_miss(channel.as_str()))
@@ -358,6 +374,13 @@ impl Session {
                 }
             }
             Ok(true) => {
+                self.hub.webhook(
+                    &app.id,
+                    WebhookEvent::MemberRemoved {
+                        channel: channel.to_string(),
+                        user_id: user_id.clone(),
+                    },
+                );
                 let frame = Bytes::from(server::member_removed(channel.as_str(), &user_id));
                 if let Err(e) = self
                     .hub
@@ -546,6 +569,16 @@ impl Session {
             data,
             sub.presence_user.as_deref(),
         ));
+        self.hub.webhook(
+            &app.id,
+            WebhookEvent::ClientEvent {
+                channel: channel.to_string(),
+                event: event.to_owned(),
+                data: data.to_owned(),
+                socket_id: self.conn.socket_id.to_string(),
+                user_id: sub.presence_user.clone(),
+            },
+        );
         if let Err(e) = self
             .hub
             .publish(&app.id, channel, frame, Some(self.conn.socket_id), now_us())

@@ -172,6 +172,20 @@ pub struct AppConfig {
     /// HTTP API requests per second for this app (429 beyond); 0 = no limit.
     #[serde(default)]
     pub api_requests_per_second: u32,
+    /// Where to send this app's webhooks.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub webhooks: Vec<WebhookConfig>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookConfig {
+    /// `http://` or `https://` URL that receives POSTed webhook batches.
+    pub url: String,
+    /// Event names to send (`channel_occupied`, `channel_vacated`, `member_added`,
+    /// `member_removed`, `client_event`, `cache_miss`, `subscription_count`); empty = all.
+    #[serde(default)]
+    pub event_types: Vec<String>,
 }
 
 fn yes() -> bool {
@@ -212,6 +226,7 @@ impl AppConfig {
         app.subscription_count_events = self.subscription_count_events;
         app.cache_ttl = Duration::from_secs(self.cache_ttl);
         app.api_requests_per_second = self.api_requests_per_second;
+        app.webhooks = !self.webhooks.is_empty();
         app
     }
 }
@@ -263,6 +278,7 @@ fn reverb_layer(env: &dyn Fn(&str) -> Option<String>) -> ReverbLayer {
             subscription_count_events: false,
             cache_ttl: d_cache_ttl(),
             api_requests_per_second: 0,
+            webhooks: Vec::new(),
         }]),
         _ => None,
     };
@@ -370,6 +386,28 @@ impl Config {
             if app.client_event_rate == 0 {
                 return Err(format!("apps[{i}].client_event_rate must be at least 1"));
             }
+            for (j, hook) in app.webhooks.iter().enumerate() {
+                let uri: hyper::Uri = hook.url.parse().map_err(|e| {
+                    format!(
+                        "apps[{i}].webhooks[{j}].url: {:?} is not a URL ({e})",
+                        hook.url
+                    )
+                })?;
+                if !matches!(uri.scheme_str(), Some("http" | "https")) || uri.host().is_none() {
+                    return Err(format!(
+                        "apps[{i}].webhooks[{j}].url: {:?} must be an http:// or https:// URL",
+                        hook.url
+                    ));
+                }
+                for t in &hook.event_types {
+                    if !herald_hub::webhook::EVENT_NAMES.contains(&t.as_str()) {
+                        return Err(format!(
+                            "apps[{i}].webhooks[{j}].event_types: {t:?} is not one of {}",
+                            herald_hub::webhook::EVENT_NAMES.join(", ")
+                        ));
+                    }
+                }
+            }
         }
         Ok(())
     }
@@ -395,6 +433,9 @@ impl Config {
         let mut copy = self.clone();
         for app in &mut copy.apps {
             app.secret = "<redacted>".into();
+            for hook in &mut app.webhooks {
+                hook.url = redact_url(&hook.url);
+            }
         }
         if let Some(url) = &mut copy.bus.url {
             *url = redact_url(url);
@@ -411,10 +452,15 @@ impl Config {
     }
 }
 
+/// A URL without its credentials and query (which may hold tokens).
 fn redact_url(url: &str) -> String {
+    let url = match url.split_once('?') {
+        Some((base, _)) => format!("{base}?<redacted>"),
+        None => url.to_owned(),
+    };
     match (url.split_once("://"), url.rfind('@')) {
         (Some((scheme, _)), Some(at)) => format!("{scheme}://<redacted>@{}", &url[at + 1..]),
-        _ => url.to_owned(),
+        _ => url,
     }
 }
 
@@ -507,6 +553,30 @@ mod tests {
             assert!(load(Some(Path::new("l.toml")))
                 .expect_err("bad")
                 .contains("server.listen"));
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn webhook_settings_are_checked() {
+        Jail::expect_with(|jail| {
+            let app = "[[apps]]\nid = \"1\"\nkey = \"k\"\nsecret = \"s\"\n";
+            jail.create_file("ok.toml", &format!("{app}[[apps.webhooks]]\nurl = \"https://example.com/hooks?token=t\"\nevent_types = [\"member_added\"]\n"))?;
+            let c = load(Some(Path::new("ok.toml"))).expect("valid");
+            assert_eq!(c.apps[0].webhooks.len(), 1);
+            assert!(c.apps[0].to_app().webhooks);
+            assert!(!c.redacted().contains("token=t"));
+            jail.create_file(
+                "url.toml",
+                &format!("{app}[[apps.webhooks]]\nurl = \"ftp://example.com\"\n"),
+            )?;
+            assert!(load(Some(Path::new("url.toml")))
+                .expect_err("bad")
+                .contains("apps[0].webhooks[0].url"));
+            jail.create_file("ev.toml", &format!("{app}[[apps.webhooks]]\nurl = \"http://h\"\nevent_types = [\"member_joined\"]\n"))?;
+            assert!(load(Some(Path::new("ev.toml")))
+                .expect_err("bad")
+                .contains("member_joined"));
             Ok(())
         });
     }

@@ -12,6 +12,7 @@ mod metrics;
 mod node;
 mod server;
 mod tls;
+mod webhooks;
 mod ws;
 
 use std::io::IsTerminal;
@@ -161,6 +162,9 @@ async fn run(mut config: Config) -> anyhow::Result<()> {
         bus,
     );
 
+    if let Some(sender) = webhooks::start(&config.apps) {
+        hub.set_webhooks(sender);
+    }
     let public = TcpListener::bind(&config.server.listen)
         .await
         .with_context(|| format!("binding server.listen {}", config.server.listen))?;

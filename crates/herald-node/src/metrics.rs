@@ -115,6 +115,14 @@ fn describe() {
         "Client events refused with 4301"
     );
     describe_gauge!("herald_ready", "1 when the node is ready for traffic");
+    describe_counter!(
+        "herald_webhooks_sent_total",
+        "Webhook batches by outcome: delivered, retried, gave_up"
+    );
+    describe_counter!(
+        "herald_webhooks_dropped_total",
+        "Webhook events dropped because a bounded queue was full"
+    );
     describe_gauge!("herald_draining", "1 while the node drains");
     describe_gauge!("herald_runtime_workers", "Tokio worker threads");
     describe_gauge!("herald_runtime_alive_tasks", "Tokio tasks alive");
@@ -147,6 +155,8 @@ pub fn register_zeroes(apps: &[String], max_connections: u64) {
     counter!("herald_bus_reconnects_total").absolute(0);
     gauge!("herald_bus_topics").set(0.0);
     gauge!("herald_draining").set(0.0);
+    counter!("herald_webhooks_sent_total", "outcome" => "delivered").absolute(0);
+    counter!("herald_webhooks_dropped_total").absolute(0);
     // Histograms appear once they hold a sample; the first real publish fills them. Seed them
     // with a zero sample so alerts on their buckets evaluate from the start.
     histogram!("herald_api_request_duration_seconds", "endpoint" => "events").record(0.0);

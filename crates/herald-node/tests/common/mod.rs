@@ -17,6 +17,7 @@ use hyper_util::rt::TokioIo;
 use serde_json::Value;
 use tokio::net::TcpStream;
 
+pub mod hooks;
 pub mod redis;
 
 pub const KEY: &str = "key1";

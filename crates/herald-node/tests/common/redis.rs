@@ -56,7 +56,7 @@ impl Redis {
     pub async fn start_with_password(password: &str) -> Redis {
         let port = free_port();
         let dir = tempdir::Dir::new();
-        let child = spawn_redis(port, &dir.0, &["--requirepass", password]);
+        let mut child = spawn_redis(port, &dir.0, &["--requirepass", password]);
         for _ in 0..200 {
             if cli(port, &["-a", password, "--no-auth-warning", "PING"]) == "PONG" {
                 return Redis {
@@ -67,6 +67,8 @@ impl Redis {
             }
             tokio::time::sleep(Duration::from_millis(25)).await;
         }
+        let _ = child.kill();
+        let _ = child.wait();
         panic!("redis with a password did not start");
     }
 
@@ -80,7 +82,7 @@ impl Redis {
             format!("port {port}\nbind 127.0.0.1\nsentinel monitor {master_name} 127.0.0.1 {} 1\nsentinel down-after-milliseconds {master_name} 5000\n", self.port),
         )
         .unwrap();
-        let child = Command::new("redis-server")
+        let mut child = Command::new("redis-server")
             .arg(&conf)
             .arg("--sentinel")
             .stdout(Stdio::null())
@@ -98,6 +100,8 @@ impl Redis {
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+        let _ = child.kill();
+        let _ = child.wait();
         panic!("sentinel did not learn the master");
     }
 

@@ -1,0 +1,330 @@
+//! Webhook delivery (fact sheet §15): batches of events POSTed to each app's URLs, signed with
+//! `X-Pusher-Key` and `X-Pusher-Signature` (hex HMAC-SHA256 of the body with the app secret),
+//! `Content-Type: application/json` exactly.
+//!
+//! `channel_vacated` and `member_removed` wait 3 s: if the channel is occupied again (or the
+//! member comes back) meanwhile, neither event is sent. `cache_miss` is sent at most once per
+//! channel every 5 s. A failed delivery is retried with exponential back-off for 5 minutes.
+//! Every queue is bounded; what does not fit is counted in `herald_webhooks_dropped_total`.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use herald_hub::{WebhookEvent, WebhookSink};
+use http_body_util::Full;
+use hyper::{Request, Uri};
+use hyper_util::rt::TokioIo;
+use serde_json::{json, Value};
+use tokio::sync::{mpsc, Semaphore};
+use tokio::time::Instant;
+use tokio_rustls::TlsConnector;
+
+use crate::config::AppConfig;
+
+const QUEUE: usize = 10_000;
+const DELAY: Duration = Duration::from_secs(3);
+const CACHE_MISS_EVERY: Duration = Duration::from_secs(5);
+const FLUSH_EVERY: Duration = Duration::from_millis(100);
+const MAX_BATCH: usize = 50;
+const RETRY_FOR: Duration = Duration::from_secs(300);
+const MAX_DELIVERIES: usize = 64;
+
+struct Target {
+    uri: Uri,
+    /// Empty: every event.
+    events: HashSet<String>,
+}
+
+struct AppTargets {
+    key: String,
+    secret: String,
+    targets: Vec<Target>,
+}
+
+/// The hub's webhook sink: queues events for the delivery task.
+pub struct Webhooks {
+    tx: mpsc::Sender<(String, WebhookEvent)>,
+}
+
+impl WebhookSink for Webhooks {
+    fn emit(&self, app_id: &str, event: WebhookEvent) {
+        if self.tx.try_send((app_id.to_owned(), event)).is_err() {
+            metrics::counter!("herald_webhooks_dropped_total").increment(1);
+        }
+    }
+}
+
+/// Starts delivery when any app has webhooks.
+pub fn start(apps: &[AppConfig]) -> Option<Arc<Webhooks>> {
+    let targets: HashMap<String, AppTargets> = apps
+        .iter()
+        .filter(|a| !a.webhooks.is_empty())
+        .map(|a| {
+            let targets = a
+                .webhooks
+                .iter()
+                .filter_map(|w| {
+                    Some(Target {
+                        uri: w.url.parse().ok()?,
+                        events: w.event_types.iter().cloned().collect(),
+                    })
+                })
+                .collect();
+            (
+                a.id.clone(),
+                AppTargets {
+                    key: a.key.clone(),
+                    secret: a.secret.clone(),
+                    targets,
+                },
+            )
+        })
+        .collect();
+    if targets.is_empty() {
+        return None;
+    }
+    metrics::counter!("herald_webhooks_dropped_total").absolute(0);
+    let (tx, rx) = mpsc::channel(QUEUE);
+    tokio::spawn(run(rx, Arc::new(targets)));
+    Some(Arc::new(Webhooks { tx }))
+}
+
+fn cancels(pending: &WebhookEvent, incoming: &WebhookEvent) -> bool {
+    match (pending, incoming) {
+        (
+            WebhookEvent::ChannelVacated { channel: a },
+            WebhookEvent::ChannelOccupied { channel: b },
+        ) => a == b,
+        (
+            WebhookEvent::MemberRemoved {
+                channel: a,
+                user_id: u,
+            },
+            WebhookEvent::MemberAdded {
+                channel: b,
+                user_id: v,
+            },
+        ) => a == b && u == v,
+        _ => false,
+    }
+}
+
+async fn run(
+    mut rx: mpsc::Receiver<(String, WebhookEvent)>,
+    apps: Arc<HashMap<String, AppTargets>>,
+) {
+    let mut delayed: Vec<(Instant, String, WebhookEvent)> = Vec::new();
+    let mut batches: HashMap<String, Vec<WebhookEvent>> = HashMap::new();
+    let mut misses: HashMap<(String, String), Instant> = HashMap::new();
+    let deliveries = Arc::new(Semaphore::new(MAX_DELIVERIES));
+    let tls = tls_connector();
+    let mut tick = tokio::time::interval(FLUSH_EVERY);
+    loop {
+        tokio::select! {
+            next = rx.recv() => {
+                let Some((app, event)) = next else { return };
+                match &event {
+                    WebhookEvent::ChannelVacated { .. } | WebhookEvent::MemberRemoved { .. } => {
+                        if delayed.len() < QUEUE {
+                            delayed.push((Instant::now() + DELAY, app, event));
+                        } else {
+                            metrics::counter!("herald_webhooks_dropped_total").increment(1);
+                        }
+                    }
+                    WebhookEvent::ChannelOccupied { .. } | WebhookEvent::MemberAdded { .. } => {
+                        match delayed.iter().position(|(_, a, p)| *a == app && cancels(p, &event)) {
+                            // Back within the delay: neither event happened, as far as the app knows.
+                            Some(i) => { delayed.remove(i); }
+                            None => batches.entry(app).or_default().push(event),
+                        }
+                    }
+                    WebhookEvent::CacheMiss { channel } => {
+                        let key = (app.clone(), channel.clone());
+                        if misses.get(&key).is_none_or(|at| at.elapsed() >= CACHE_MISS_EVERY) {
+                            misses.insert(key, Instant::now());
+                            batches.entry(app).or_default().push(event);
+                        }
+                    }
+                    _ => batches.entry(app).or_default().push(event),
+                }
+                if batches.values().any(|b| b.len() >= MAX_BATCH) {
+                    flush(&mut batches, &apps, &deliveries, &tls);
+                }
+            }
+            _ = tick.tick() => {
+                let now = Instant::now();
+                let (due, later): (Vec<_>, Vec<_>) = delayed.drain(..).partition(|(at, _, _)| *at <= now);
+                delayed = later;
+                for (_, app, event) in due {
+                    batches.entry(app).or_default().push(event);
+                }
+                misses.retain(|_, at| at.elapsed() < CACHE_MISS_EVERY);
+                flush(&mut batches, &apps, &deliveries, &tls);
+            }
+        }
+    }
+}
+
+fn flush(
+    batches: &mut HashMap<String, Vec<WebhookEvent>>,
+    apps: &Arc<HashMap<String, AppTargets>>,
+    deliveries: &Arc<Semaphore>,
+    tls: &TlsConnector,
+) {
+    for (app_id, events) in batches.drain() {
+        let Some(app) = apps.get(&app_id) else {
+            continue;
+        };
+        for (i, target) in app.targets.iter().enumerate() {
+            let chosen: Vec<Value> = events
+                .iter()
+                .filter(|e| target.events.is_empty() || target.events.contains(e.name()))
+                .map(WebhookEvent::to_json)
+                .collect();
+            if chosen.is_empty() {
+                continue;
+            }
+            let time_ms = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_millis() as u64)
+                .unwrap_or(0);
+            let body = Bytes::from(json!({ "time_ms": time_ms, "events": chosen }).to_string());
+            let signature = herald_protocol::signature::sign(&app.secret, &body);
+            let Ok(permit) = deliveries.clone().try_acquire_owned() else {
+                metrics::counter!("herald_webhooks_dropped_total").increment(chosen.len() as u64);
+                tracing::warn!(app = %app_id, "too many webhook deliveries in flight; batch dropped");
+                continue;
+            };
+            let (apps, app_id, tls) = (apps.clone(), app_id.clone(), tls.clone());
+            tokio::spawn(async move {
+                let _permit = permit;
+                let Some(app) = apps.get(&app_id) else { return };
+                deliver(
+                    &app_id,
+                    &app.targets[i].uri,
+                    &app.key,
+                    &signature,
+                    body,
+                    &tls,
+                )
+                .await;
+            });
+        }
+    }
+}
+
+/// POSTs one batch, retrying with exponential back-off for up to five minutes.
+async fn deliver(
+    app_id: &str,
+    uri: &Uri,
+    key: &str,
+    signature: &str,
+    body: Bytes,
+    tls: &TlsConnector,
+) {
+    let started = Instant::now();
+    let mut backoff = Duration::from_secs(1);
+    loop {
+        match post(uri, key, signature, body.clone(), tls).await {
+            Ok(status) if (200..300).contains(&status) => {
+                metrics::counter!("herald_webhooks_sent_total", "outcome" => "delivered")
+                    .increment(1);
+                return;
+            }
+            Ok(status) => tracing::warn!(app = %app_id, status, "webhook refused; will retry"),
+            Err(e) => {
+                tracing::warn!(app = %app_id, error = %e, "webhook delivery failed; will retry")
+            }
+        }
+        if started.elapsed() + backoff > RETRY_FOR {
+            metrics::counter!("herald_webhooks_sent_total", "outcome" => "gave_up").increment(1);
+            tracing::error!(app = %app_id, "webhook batch dropped after retrying for 5 minutes");
+            return;
+        }
+        metrics::counter!("herald_webhooks_sent_total", "outcome" => "retried").increment(1);
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_secs(60));
+    }
+}
+
+async fn post(
+    uri: &Uri,
+    key: &str,
+    signature: &str,
+    body: Bytes,
+    tls: &TlsConnector,
+) -> Result<u16, String> {
+    let host = uri.host().ok_or("URL without a host")?.to_owned();
+    let https = uri.scheme_str() == Some("https");
+    let port = uri.port_u16().unwrap_or(if https { 443 } else { 80 });
+    let path = uri
+        .path_and_query()
+        .map(|p| p.as_str())
+        .unwrap_or("/")
+        .to_owned();
+    let request = Request::builder()
+        .method("POST")
+        .uri(path)
+        .header(
+            hyper::header::HOST,
+            uri.authority().map(|a| a.as_str()).unwrap_or(&host),
+        )
+        .header(hyper::header::CONTENT_TYPE, "application/json")
+        .header("X-Pusher-Key", key)
+        .header("X-Pusher-Signature", signature)
+        .body(Full::new(body))
+        .map_err(|e| e.to_string())?;
+    let connect = tokio::net::TcpStream::connect((host.as_str(), port));
+    let tcp = tokio::time::timeout(Duration::from_secs(5), connect)
+        .await
+        .map_err(|_| "connect timed out")?
+        .map_err(|e| e.to_string())?;
+    let send = async {
+        if https {
+            let name = tokio_rustls::rustls::pki_types::ServerName::try_from(host.clone())
+                .map_err(|e| e.to_string())?;
+            let stream = tls.connect(name, tcp).await.map_err(|e| e.to_string())?;
+            send(TokioIo::new(stream), request).await
+        } else {
+            send(TokioIo::new(tcp), request).await
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), send)
+        .await
+        .map_err(|_| "request timed out".to_owned())?
+}
+
+async fn send<I>(io: I, request: Request<Full<Bytes>>) -> Result<u16, String>
+where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(io)
+        .await
+        .map_err(|e| e.to_string())?;
+    tokio::spawn(conn);
+    let response = sender
+        .send_request(request)
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(response.status().as_u16())
+}
+
+fn tls_connector() -> TlsConnector {
+    let mut roots = tokio_rustls::rustls::RootCertStore::empty();
+    let found = rustls_native_certs::load_native_certs();
+    let (added, _) = roots.add_parsable_certificates(found.certs);
+    if added == 0 {
+        tracing::warn!("no system CA certificates found: https:// webhooks will fail");
+    }
+    let provider = Arc::new(tokio_rustls::rustls::crypto::ring::default_provider());
+    // The ring provider supports the default protocol versions, so this cannot fail.
+    #[allow(clippy::expect_used)]
+    let config = tokio_rustls::rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("ring supports TLS 1.2 and 1.3")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    TlsConnector::from(Arc::new(config))
+}
