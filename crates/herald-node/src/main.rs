@@ -8,6 +8,7 @@
 mod api;
 mod config;
 mod drain;
+mod frames;
 mod metrics;
 mod node;
 mod server;

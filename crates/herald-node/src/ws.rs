@@ -9,8 +9,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
-use fastwebsockets::{FragmentCollectorRead, Frame, OpCode, Payload, WebSocketError};
+use fastwebsockets::{Frame, OpCode, Payload};
 use herald_hub::{Connection, Session};
 use herald_protocol::{server, ErrorCode, SocketId};
 use hyper::upgrade::Upgraded;
@@ -19,6 +18,7 @@ use tokio::io::{AsyncWriteExt, WriteHalf};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use crate::frames::{FrameReader, Message, ReadError};
 use crate::metrics;
 use crate::node::Node;
 
@@ -190,30 +190,9 @@ pub async fn serve(
         done.clone(),
     ));
 
-    let mut reader = fastwebsockets::after_handshake_split(
-        read,
-        tokio::io::sink(),
-        fastwebsockets::Role::Server,
-    )
-    .0;
-    reader.set_auto_close(false);
-    reader.set_auto_pong(false);
-    // fastwebsockets stops reading at its cap, leaving the rest unread (and the close frame may
-    // then be lost to a TCP reset), so its cap is a hard ceiling well above ours and our own
-    // limit is checked on whole messages.
     let max_message = node.config.server.max_message_bytes;
-    reader.set_max_message_size((max_message * 8).max(256 * 1024));
-    let mut reader = FragmentCollectorRead::new(reader);
-    let session = read_loop(
-        &mut reader,
-        session,
-        &conn,
-        &last_seen,
-        started,
-        &done,
-        max_message,
-    )
-    .await;
+    let mut reader = FrameReader::new(read, max_message);
+    let session = read_loop(&mut reader, session, &conn, &last_seen, started, &done).await;
 
     // The socket is done or the server closed it: leave channels, then let the writer finish.
     session.close().await;
@@ -237,61 +216,54 @@ pub async fn serve(
 }
 
 async fn read_loop(
-    reader: &mut FragmentCollectorRead<tokio::io::ReadHalf<TokioIo<Upgraded>>>,
+    reader: &mut FrameReader<tokio::io::ReadHalf<TokioIo<Upgraded>>>,
     mut session: Session,
     conn: &Arc<Connection>,
     last_seen: &AtomicU64,
     started: Instant,
     done: &CancellationToken,
-    max_message: usize,
 ) -> Session {
-    let mut no_send = |_: Frame<'_>| async { Ok::<(), std::io::Error>(()) };
     loop {
-        let frame = tokio::select! {
-            f = reader.read_frame(&mut no_send) => f,
+        let message = tokio::select! {
+            m = reader.next() => m,
             _ = done.cancelled() => break,
         };
-        let mut frame = match frame {
-            Ok(f) => f,
+        let message = match message {
+            Ok(m) => m,
+            Err(ReadError::Closed) => break,
             Err(e) => {
                 let (code, why) = match e {
-                    WebSocketError::FrameTooLarge => (1009, "Message too big"),
-                    WebSocketError::InvalidUTF8 => (1007, "Text frame is not valid UTF-8"),
-                    WebSocketError::UnexpectedEOF
-                    | WebSocketError::IoError(_)
-                    | WebSocketError::ConnectionClosed => break,
-                    _ => (1002, "WebSocket protocol error"),
+                    ReadError::TooBig(n) => {
+                        (1009, format!("Message of {n} bytes is over the limit"))
+                    }
+                    ReadError::BadUtf8 => (1007, "Text frame is not valid UTF-8".to_owned()),
+                    ReadError::Protocol(p) => (1002, format!("WebSocket protocol error: {p}")),
+                    ReadError::Closed => (1000, String::new()),
                 };
-                conn.send_error(None, why);
+                conn.send_error(None, &why);
                 conn.outbox.close(code, why);
                 break;
             }
         };
         last_seen.store(started.elapsed().as_millis() as u64, Ordering::Relaxed);
-        metrics::bytes_in(frame.payload.len());
-        if frame.payload.len() > max_message {
-            let why = format!(
-                "Message of {} bytes is over the limit of {max_message}",
-                frame.payload.len()
-            );
-            conn.send_error(None, &why);
-            conn.outbox.close(1009, "Message too big");
-            break;
-        }
-        match frame.opcode {
-            OpCode::Text => session.on_text(frame.payload.to_mut()).await,
-            OpCode::Binary => conn.send_error(
-                None,
-                "Binary frames are not supported: send JSON in text frames",
-            ),
-            OpCode::Ping => conn
-                .outbox
-                .push_pong(Bytes::copy_from_slice(&frame.payload)),
-            OpCode::Close => {
+        match message {
+            Message::Text(mut text) => {
+                metrics::bytes_in(text.len());
+                session.on_text(&mut text).await
+            }
+            Message::Binary(b) => {
+                metrics::bytes_in(b.len());
+                conn.send_error(
+                    None,
+                    "Binary frames are not supported: send JSON in text frames",
+                )
+            }
+            Message::Ping(payload) => conn.outbox.push_pong(payload.freeze()),
+            Message::Pong => {}
+            Message::Close(_) => {
                 conn.outbox.close(1000, "");
                 break;
             }
-            OpCode::Pong | OpCode::Continuation => {}
         }
         if conn.outbox.is_closing() {
             break;
