@@ -352,7 +352,7 @@ impl Hub {
     }
 
     fn record_delivery(&self, n: usize) {
-        metrics::sent("event", n as u64);
+        metrics::sent_events(n as u64);
     }
 
     /// Closes every local connection subscribed to `channel` with `code` (terminate).

@@ -192,12 +192,20 @@ pub fn refused(reason: &'static str) {
     counter!("herald_connections_refused_total", "reason" => reason).increment(1);
 }
 
+// Per-frame and per-write counters keep their handles, so the hot path skips the registry.
+static BYTES_IN: std::sync::OnceLock<metrics::Counter> = std::sync::OnceLock::new();
+static BYTES_OUT: std::sync::OnceLock<metrics::Counter> = std::sync::OnceLock::new();
+
 pub fn bytes_in(n: usize) {
-    counter!("herald_bytes_received_total").increment(n as u64);
+    BYTES_IN
+        .get_or_init(|| counter!("herald_bytes_received_total"))
+        .increment(n as u64);
 }
 
-pub fn bytes_out(n: usize, _frames: usize) {
-    counter!("herald_bytes_sent_total").increment(n as u64);
+pub fn bytes_out(n: usize) {
+    BYTES_OUT
+        .get_or_init(|| counter!("herald_bytes_sent_total"))
+        .increment(n as u64);
 }
 
 pub fn api_request(endpoint: &'static str, status: u16, seconds: f64) {

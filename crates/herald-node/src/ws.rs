@@ -320,10 +320,8 @@ async fn write_loop(
         for p in pongs.drain(..) {
             push_frame(&mut buf, Frame::pong(Payload::Borrowed(&p)));
         }
-        let mut sent = 0;
         for f in frames.drain(..) {
             push_text(&mut buf, &f);
-            sent += 1;
         }
         let close = match close {
             Some(c) => Some(c),
@@ -350,7 +348,7 @@ async fn write_loop(
             push_close(&mut buf, c.code, &c.message);
         }
         if !buf.is_empty() {
-            metrics::bytes_out(buf.len(), sent);
+            metrics::bytes_out(buf.len());
             if io.write_all(&buf).await.is_err() {
                 break None;
             }
