@@ -132,6 +132,7 @@ async fn run(mut config: Config) -> anyhow::Result<()> {
     metrics::register_zeroes(
         &config.apps.iter().map(|a| a.id.clone()).collect::<Vec<_>>(),
         config.server.max_connections,
+        config.bus.driver != "redis",
     );
     tracing::info!(config = %config.redacted(), "starting");
 

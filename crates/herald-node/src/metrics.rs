@@ -133,7 +133,7 @@ fn describe() {
 }
 
 /// Registers every metric with a zero value so dashboards and alerts see them from the start.
-pub fn register_zeroes(apps: &[String], max_connections: u64) {
+pub fn register_zeroes(apps: &[String], max_connections: u64, in_process_bus: bool) {
     gauge!("herald_connections_limit").set(max_connections as f64);
     for app in apps {
         gauge!("herald_connections", "app" => app.clone()).set(0.0);
@@ -157,11 +157,11 @@ pub fn register_zeroes(apps: &[String], max_connections: u64) {
     gauge!("herald_draining").set(0.0);
     counter!("herald_webhooks_sent_total", "outcome" => "delivered").absolute(0);
     counter!("herald_webhooks_dropped_total").absolute(0);
-    // Histograms appear once they hold a sample; the first real publish fills them. Seed them
-    // with a zero sample so alerts on their buckets evaluate from the start.
-    histogram!("herald_api_request_duration_seconds", "endpoint" => "events").record(0.0);
-    histogram!("herald_publish_delivery_seconds").record(0.0);
-    histogram!("herald_bus_lag_seconds").record(0.0);
+    // Histograms appear with their first sample (the first API request, the first delivery).
+    // The in-process bus hands messages over in memory: its lag is zero, and says so.
+    if in_process_bus {
+        histogram!("herald_bus_lag_seconds").record(0.0);
+    }
 }
 
 pub fn connection_gauge(app: &str, delta: f64) {
