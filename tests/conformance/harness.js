@@ -171,13 +171,13 @@ process.on('exit', () => {
   for (const p of liveProcs) { try { p.kill('SIGKILL'); } catch { /* gone */ } }
 });
 
-async function spawnOnce() {
+async function spawnOnce(extraToml = '') {
   const port = await freePort();
   let adminPort = await freePort();
   while (adminPort === port) adminPort = await freePort();
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'herald-conf-'));
   const configPath = path.join(dir, 'herald.toml');
-  fs.writeFileSync(configPath, configToml(port, adminPort));
+  fs.writeFileSync(configPath, configToml(port, adminPort) + extraToml);
   const logPath = path.join(dir, 'herald.log');
   const logFd = fs.openSync(logPath, 'a');
 
@@ -245,14 +245,14 @@ async function waitUntilUp(proc, port, adminPort, getExited, readLog) {
 /**
  * Start herald. Returns a handle with ports, SDK/client factories and stop().
  */
-async function startHerald() {
+async function startHerald({ extraToml = '' } = {}) {
   if (!fs.existsSync(HERALD_BIN)) {
     throw new Error(`herald binary not found at ${HERALD_BIN} (build it or set HERALD_BIN)`);
   }
   let inst;
   for (let attempt = 0; ; attempt++) {
     try {
-      inst = await spawnOnce();
+      inst = await spawnOnce(extraToml);
       break;
     } catch (e) {
       // port race with another process: retry with fresh ports
