@@ -68,6 +68,8 @@ struct Inner {
     ready: AtomicBool,
     resyncing: AtomicBool,
     flush_now: Notify,
+    /// Serialises topic SUBSCRIBE/UNSUBSCRIBE commands (see `drop_idle_topics`).
+    topic_ops: tokio::sync::Mutex<()>,
 }
 
 impl std::fmt::Debug for RedisBus {
@@ -118,6 +120,7 @@ impl RedisBus {
             ready: AtomicBool::new(false),
             resyncing: AtomicBool::new(false),
             flush_now: Notify::new(),
+            topic_ops: tokio::sync::Mutex::new(()),
         });
         // A restarted node with the same id (a StatefulSet pod) first clears what its previous
         // life left behind, then registers.
@@ -271,6 +274,9 @@ impl Inner {
     /// Unsubscribes topics idle for longer than the delay.
     async fn drop_idle_topics(&self) {
         let delay = self.cfg.unsubscribe_delay;
+        // Held until the UNSUBSCRIBE is sent, so a SUBSCRIBE for a topic dropped here (a new
+        // subscriber arriving meanwhile) reaches Redis after it, never before.
+        let _ops = self.topic_ops.lock().await;
         let idle: Vec<String> = {
             let mut topics = self.topics.lock();
             let names: Vec<String> = topics
@@ -637,7 +643,10 @@ impl Bus for RedisBus {
                 metrics::gauge!("herald_bus_topics").set(topics.len() as f64);
                 let inner = inner.clone();
                 tokio::spawn(async move {
-                    match inner.subscribe_topics(vec![topic.clone()]).await {
+                    let ops = inner.topic_ops.lock().await;
+                    let subscribed = inner.subscribe_topics(vec![topic.clone()]).await;
+                    drop(ops);
+                    match subscribed {
                         Ok(()) => {
                             if let Some(t) = inner.topics.lock().get_mut(&topic) {
                                 t.state = TopicState::Subscribed;

@@ -555,3 +555,32 @@ async fn sentinel_discovers_the_master() {
     assert_eq!(on_b.recv().await["data"], "1");
     assert_eq!(redis.numsub("{herald:app1:via-sentinel}:msg"), 1);
 }
+
+/// Subscribing again right around the moment the node drops an idle topic must never leave the
+/// node unsubscribed while it has a subscriber.
+#[tokio::test]
+async fn resubscribe_races_the_idle_topic_drop() {
+    let redis = Redis::start().await;
+    let nodes = nodes(2, &bus_single(&redis.url())).await;
+    let (a, b) = (&nodes[0], &nodes[1]);
+    let mut c = b.client().await;
+    for step in 0..12u64 {
+        c.subscribe("flappy").await;
+        c.send(json!({"event":"pusher:unsubscribe","data":{"channel":"flappy"}}))
+            .await;
+        // The topic is dropped 1 s after it went idle (checked every 50 ms): land around it.
+        tokio::time::sleep(Duration::from_millis(930 + step * 15)).await;
+        c.subscribe("flappy").await;
+        assert_eq!(
+            a.api()
+                .trigger(&["flappy"], "e", &step.to_string(), None)
+                .await
+                .0,
+            200
+        );
+        let got = c.recv().await;
+        assert_eq!(got["data"], step.to_string(), "step {step}: {got}");
+        c.send(json!({"event":"pusher:unsubscribe","data":{"channel":"flappy"}}))
+            .await;
+    }
+}
