@@ -15,21 +15,32 @@ use crate::pusher::{AppCredentials, EVENT_NAME};
 
 pub struct Publisher {
     sender: SendRequest<Full<Bytes>>,
+    addr: SocketAddr,
     authority: String,
     creds: AppCredentials,
 }
 
+async fn open(addr: SocketAddr) -> Result<SendRequest<Full<Bytes>>> {
+    let stream = TcpStream::connect(addr)
+        .await
+        .with_context(|| format!("connect to HTTP API at {addr}"))?;
+    stream.set_nodelay(true)?;
+    let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+    tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    Ok(sender)
+}
+
 impl Publisher {
     pub async fn connect(addr: SocketAddr, creds: AppCredentials) -> Result<Publisher> {
-        let stream = TcpStream::connect(addr)
-            .await
-            .with_context(|| format!("connect to HTTP API at {addr}"))?;
-        stream.set_nodelay(true)?;
-        let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
-        tokio::spawn(async move {
-            let _ = connection.await;
-        });
-        Ok(Publisher { sender, authority: addr.to_string(), creds })
+        let sender = open(addr).await?;
+        Ok(Publisher {
+            sender,
+            addr,
+            authority: addr.to_string(),
+            creds,
+        })
     }
 
     /// Triggers one event on one channel.
@@ -44,7 +55,11 @@ impl Publisher {
             .iter()
             .map(|(channel, data)| serde_json::json!({ "name": EVENT_NAME, "channel": channel, "data": data }))
             .collect();
-        self.post("batch_events", serde_json::json!({ "batch": batch }).to_string()).await
+        self.post(
+            "batch_events",
+            serde_json::json!({ "batch": batch }).to_string(),
+        )
+        .await
     }
 
     async fn post(&mut self, endpoint: &str, body: String) -> Result<()> {
@@ -59,12 +74,28 @@ impl Publisher {
             body.as_bytes(),
             now,
         );
-        let request = hyper::Request::post(format!("{path}?{query}"))
-            .header("host", &self.authority)
-            .header("content-type", "application/json")
-            .body(Full::new(Bytes::from(body)))?;
-        self.sender.ready().await?;
-        let response = self.sender.send_request(request).await?;
+        let uri = format!("{path}?{query}");
+        let body = Bytes::from(body);
+        // Some servers close keep-alive connections after a response (soketi does at times):
+        // reopen and resend once when the connection is found closed.
+        let mut attempt = 0;
+        let response = loop {
+            attempt += 1;
+            if self.sender.is_closed() || self.sender.ready().await.is_err() {
+                self.sender = open(self.addr).await?;
+            }
+            let request = hyper::Request::post(&uri)
+                .header("host", &self.authority)
+                .header("content-type", "application/json")
+                .body(Full::new(body.clone()))?;
+            match self.sender.send_request(request).await {
+                Ok(r) => break r,
+                Err(e) if attempt < 3 && (e.is_canceled() || e.is_closed()) => {
+                    self.sender = open(self.addr).await?;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        };
         let status = response.status();
         let body = response.into_body().collect().await?.to_bytes();
         if !status.is_success() {

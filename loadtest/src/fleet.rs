@@ -67,7 +67,9 @@ pub fn stop_signal() -> (watch::Sender<bool>, watch::Receiver<bool>) {
 
 pub fn bar(len: u64, msg: &str) -> ProgressBar {
     let bar = ProgressBar::new(len);
-    if let Ok(style) = ProgressStyle::with_template("{msg:>12} [{elapsed_precise}] {wide_bar} {pos}/{len} {per_sec}") {
+    if let Ok(style) = ProgressStyle::with_template(
+        "{msg:>12} [{elapsed_precise}] {wide_bar} {pos}/{len} {per_sec}",
+    ) {
         bar.set_style(style);
     }
     bar.set_message(msg.to_owned());
@@ -100,6 +102,10 @@ pub fn handshake_limit(concurrency: usize) -> Arc<Semaphore> {
 
 /// Keeps a connection alive (answering pings) until the stop signal; counts unexpected drops.
 pub async fn hold(mut conn: Conn, mut stop: watch::Receiver<bool>, fleet: &Fleet) -> Conn {
+    // One waiter registration for the whole loop: a fresh `changed()` per event would lock
+    // the channel's shared waiter list twice per delivery, across every task.
+    let stopped = stop.changed();
+    tokio::pin!(stopped);
     loop {
         tokio::select! {
             event = conn.next_event() => {
@@ -111,11 +117,11 @@ pub async fn hold(mut conn: Conn, mut stop: watch::Receiver<bool>, fleet: &Fleet
                     fleet.dropped.fetch_add(1, Ordering::Relaxed);
                     fleet.error(&e.context("after subscribing"));
                     // Wait for stop so the caller's bookkeeping stays simple.
-                    let _ = stop.changed().await;
+                    let _ = (&mut stopped).await;
                     return conn;
                 }
             }
-            _ = stop.changed() => return conn,
+            _ = &mut stopped => return conn,
         }
     }
 }

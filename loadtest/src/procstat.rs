@@ -16,11 +16,17 @@ pub struct Sample {
 }
 
 pub fn sample(pid: &str) -> Result<Sample> {
-    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).with_context(|| format!("read /proc/{pid}/stat"))?;
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat"))
+        .with_context(|| format!("read /proc/{pid}/stat"))?;
     // Fields after the parenthesised command name; utime and stime are fields 14 and 15.
     let after = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or_default();
     let fields: Vec<&str> = after.split_whitespace().collect();
-    let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<u64>().ok()).unwrap_or(0);
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
     let cpu_seconds = (ticks(11) + ticks(12)) as f64 / TICKS_PER_SECOND;
     let status = fs::read_to_string(format!("/proc/{pid}/status"))?;
     let rss_kib = status
@@ -29,7 +35,10 @@ pub fn sample(pid: &str) -> Result<Sample> {
         .and_then(|v| v.split_whitespace().next())
         .and_then(|v| v.parse::<u64>().ok())
         .unwrap_or(0);
-    Ok(Sample { cpu_seconds, rss_bytes: rss_kib * 1024 })
+    Ok(Sample {
+        cpu_seconds,
+        rss_bytes: rss_kib * 1024,
+    })
 }
 
 /// The processes being watched: the servers (`--server-pid`) and this tool.
@@ -99,5 +108,8 @@ pub fn server_totals(deltas: &[ProcDelta]) -> Option<(f64, i64, u64)> {
 }
 
 pub fn tool_cpu(deltas: &[ProcDelta]) -> f64 {
-    deltas.iter().find(|d| d.pid == "self").map_or(0.0, |d| d.cpu_seconds)
+    deltas
+        .iter()
+        .find(|d| d.pid == "self")
+        .map_or(0.0, |d| d.cpu_seconds)
 }

@@ -17,7 +17,10 @@ const MARKER: &[u8] = b"hb:";
 pub enum Event {
     ConnectionEstablished(String),
     /// A benchmark publication: send time (µs since the tool's clock origin) and sequence number.
-    Data { sent_us: u64, seq: u64 },
+    Data {
+        sent_us: u64,
+        seq: u64,
+    },
     SubscriptionSucceeded,
     MemberAdded,
     MemberRemoved,
@@ -115,11 +118,21 @@ pub struct AppCredentials {
 }
 
 /// `pusher:subscribe` for any channel type; signs private and presence channels.
-pub fn subscribe(creds: &AppCredentials, socket_id: &str, channel: &str, user_id: Option<&str>) -> String {
+pub fn subscribe(
+    creds: &AppCredentials,
+    socket_id: &str,
+    channel: &str,
+    user_id: Option<&str>,
+) -> String {
     let mut data = serde_json::Map::new();
     if channel.starts_with("presence-") {
-        let channel_data = serde_json::json!({ "user_id": user_id.unwrap_or(socket_id), "user_info": {} }).to_string();
-        let sig = sign(&creds.secret, format!("{socket_id}:{channel}:{channel_data}").as_bytes());
+        let channel_data =
+            serde_json::json!({ "user_id": user_id.unwrap_or(socket_id), "user_info": {} })
+                .to_string();
+        let sig = sign(
+            &creds.secret,
+            format!("{socket_id}:{channel}:{channel_data}").as_bytes(),
+        );
         data.insert("auth".into(), format!("{}:{sig}", creds.key).into());
         data.insert("channel_data".into(), channel_data.into());
     } else if channel.starts_with("private-") {
@@ -143,9 +156,18 @@ mod tests {
     #[test]
     fn classifies_frames_from_different_servers() {
         let herald = br#"{"event":"bench","channel":"c","data":"hb:123:7:xxxx"}"#;
-        assert!(matches!(classify(herald), Event::Data { sent_us: 123, seq: 7 }));
+        assert!(matches!(
+            classify(herald),
+            Event::Data {
+                sent_us: 123,
+                seq: 7
+            }
+        ));
         let reordered = br#"{"channel":"c","data":"hb:5:0:","event":"bench"}"#;
-        assert!(matches!(classify(reordered), Event::Data { sent_us: 5, seq: 0 }));
+        assert!(matches!(
+            classify(reordered),
+            Event::Data { sent_us: 5, seq: 0 }
+        ));
         let est = br#"{"event":"pusher:connection_established","data":"{\"socket_id\":\"12.34\",\"activity_timeout\":30}"}"#;
         match classify(est) {
             Event::ConnectionEstablished(id) => assert_eq!(id, "12.34"),

@@ -42,15 +42,31 @@ impl Report {
     }
 
     pub fn metric(&mut self, name: &str, value: f64, unit: &str) {
-        self.metrics.push(Metric { name: name.into(), value, unit: unit.into() });
+        self.metrics.push(Metric {
+            name: name.into(),
+            value,
+            unit: unit.into(),
+        });
     }
 
     pub fn table(&self) -> String {
         let mut out = String::new();
         let _ = writeln!(out, "\n{} — {}  {}", self.scenario, self.label, self.params);
-        let width = self.metrics.iter().map(|m| m.name.len()).max().unwrap_or(10).max(24);
+        let width = self
+            .metrics
+            .iter()
+            .map(|m| m.name.len())
+            .max()
+            .unwrap_or(10)
+            .max(24);
         for m in &self.metrics {
-            let _ = writeln!(out, "  {:<width$}  {:>14} {}", m.name, fmt_value(m.value), m.unit);
+            let _ = writeln!(
+                out,
+                "  {:<width$}  {:>14} {}",
+                m.name,
+                fmt_value(m.value),
+                m.unit
+            );
         }
         if !self.latency.is_empty() {
             let _ = writeln!(
@@ -66,7 +82,11 @@ impl Report {
                 );
             }
         }
-        let _ = writeln!(out, "\n  {:<10} {:>12} {:>14} {:>14}", "process", "cpu s", "rss start MiB", "rss end MiB");
+        let _ = writeln!(
+            out,
+            "\n  {:<10} {:>12} {:>14} {:>14}",
+            "process", "cpu s", "rss start MiB", "rss end MiB"
+        );
         for p in &self.processes {
             let _ = writeln!(
                 out,
@@ -99,7 +119,8 @@ pub fn compare(files: &[PathBuf]) -> Result<String> {
     let mut reports = Vec::new();
     for f in files {
         let text = std::fs::read_to_string(f).with_context(|| format!("read {}", f.display()))?;
-        let r: Report = serde_json::from_str(&text).with_context(|| format!("parse {}", f.display()))?;
+        let r: Report =
+            serde_json::from_str(&text).with_context(|| format!("parse {}", f.display()))?;
         reports.push(r);
     }
     let mut scenarios: Vec<String> = Vec::new();
@@ -111,8 +132,15 @@ pub fn compare(files: &[PathBuf]) -> Result<String> {
     }
     let mut out = String::new();
     for key in scenarios {
-        let group: Vec<&Report> = reports.iter().filter(|r| format!("{} {}", r.scenario, r.params) == key).collect();
-        let _ = writeln!(out, "\n#### {}\n\n`{}`\n", group[0].scenario, group[0].params);
+        let group: Vec<&Report> = reports
+            .iter()
+            .filter(|r| format!("{} {}", r.scenario, r.params) == key)
+            .collect();
+        let _ = writeln!(
+            out,
+            "\n#### {}\n\n`{}`\n",
+            group[0].scenario, group[0].params
+        );
         let _ = write!(out, "| figure |");
         for r in &group {
             let _ = write!(out, " {} |", r.label);
@@ -131,9 +159,17 @@ pub fn compare(files: &[PathBuf]) -> Result<String> {
             }
         }
         for (name, unit) in rows {
-            let _ = write!(out, "| {name} ({unit}) |");
+            if unit.is_empty() {
+                let _ = write!(out, "| {name} |");
+            } else {
+                let _ = write!(out, "| {name} ({unit}) |");
+            }
             for r in &group {
-                let v = r.metrics.iter().find(|m| m.name == name).map(|m| fmt_value(m.value));
+                let v = r
+                    .metrics
+                    .iter()
+                    .find(|m| m.name == name)
+                    .map(|m| fmt_value(m.value));
                 let _ = write!(out, " {} |", v.unwrap_or_else(|| "–".into()));
             }
             let _ = writeln!(out);
@@ -151,7 +187,11 @@ pub fn compare(files: &[PathBuf]) -> Result<String> {
             for r in &group {
                 match r.latency.iter().find(|l| l.name == s) {
                     Some(l) => {
-                        let _ = write!(out, " {:.2} / {:.2} / {:.2} / {:.2} |", l.p50_ms, l.p99_ms, l.p999_ms, l.max_ms);
+                        let _ = write!(
+                            out,
+                            " {:.2} / {:.2} / {:.2} / {:.2} |",
+                            l.p50_ms, l.p99_ms, l.p999_ms, l.max_ms
+                        );
                     }
                     None => {
                         let _ = write!(out, " – |");

@@ -21,7 +21,9 @@ fn histogram() -> Histogram<u64> {
 
 impl Default for Latency {
     fn default() -> Self {
-        Latency { shards: (0..SHARDS).map(|_| Mutex::new(histogram())).collect() }
+        Latency {
+            shards: (0..SHARDS).map(|_| Mutex::new(histogram())).collect(),
+        }
     }
 }
 
@@ -59,7 +61,8 @@ pub struct LatencySummary {
 }
 
 const CURVE: &[f64] = &[
-    0.0, 10.0, 25.0, 50.0, 75.0, 90.0, 95.0, 97.5, 99.0, 99.5, 99.75, 99.9, 99.95, 99.99, 99.999, 100.0,
+    0.0, 10.0, 25.0, 50.0, 75.0, 90.0, 95.0, 97.5, 99.0, 99.5, 99.75, 99.9, 99.95, 99.99, 99.999,
+    100.0,
 ];
 
 impl LatencySummary {
@@ -75,7 +78,10 @@ impl LatencySummary {
             p99_ms: q(99.0),
             p999_ms: q(99.9),
             max_ms: ms(h.max()),
-            curve: CURVE.iter().map(|p| (*p, if *p >= 100.0 { ms(h.max()) } else { q(*p) })).collect(),
+            curve: CURVE
+                .iter()
+                .map(|p| (*p, if *p >= 100.0 { ms(h.max()) } else { q(*p) }))
+                .collect(),
         }
     }
 }

@@ -29,7 +29,10 @@ fn host_port(url: &str, scheme_ports: &[(&str, u16)]) -> Result<(String, SocketA
         .map(|(_, p)| *p)
         .with_context(|| format!("unsupported scheme in {url} (TLS is not supported)"))?;
     let authority = rest.split('/').next().unwrap_or(rest);
-    let with_port = if authority.rsplit_once(':').is_some_and(|(_, p)| p.parse::<u16>().is_ok()) {
+    let with_port = if authority
+        .rsplit_once(':')
+        .is_some_and(|(_, p)| p.parse::<u16>().is_ok())
+    {
         authority.to_owned()
     } else {
         format!("{authority}:{default_port}")
@@ -76,7 +79,12 @@ impl Target {
         } else {
             sources
         };
-        Ok(Target { endpoints, api, creds, sources: sources.min(250) })
+        Ok(Target {
+            endpoints,
+            api,
+            creds,
+            sources: sources.min(250),
+        })
     }
 
     /// The source address for connection `i`: none (kernel's choice) when one suffices or the
@@ -86,6 +94,11 @@ impl Target {
         if self.sources <= 1 || !matches!(dst.ip(), IpAddr::V4(v4) if v4.is_loopback()) {
             return None;
         }
-        Some(IpAddr::V4(Ipv4Addr::new(127, 0, 0, 1 + (i % self.sources) as u8)))
+        Some(IpAddr::V4(Ipv4Addr::new(
+            127,
+            0,
+            0,
+            1 + (i % self.sources) as u8,
+        )))
     }
 }

@@ -188,7 +188,9 @@ impl Conn {
             }
             let payload = &self.buf[begin..begin + len];
             match opcode {
-                0x1 | 0x2 if fin && self.fragments.is_empty() => return Ok(Some(classify(payload))),
+                0x1 | 0x2 if fin && self.fragments.is_empty() => {
+                    return Ok(Some(classify(payload)))
+                }
                 0x1 | 0x2 => self.fragments.extend_from_slice(payload),
                 0x0 => {
                     self.fragments.extend_from_slice(payload);
@@ -225,11 +227,6 @@ impl Conn {
     /// Answers a WebSocket ping.
     pub async fn send_pong(&mut self, payload: &[u8]) -> Result<()> {
         self.send_frame(0xA, payload).await
-    }
-
-    /// Sends a close frame (normal closure) and flushes it; the caller then drops the socket.
-    pub async fn close(&mut self) -> Result<()> {
-        self.send_frame(0x8, &1000u16.to_be_bytes()).await
     }
 
     async fn send_frame(&mut self, opcode: u8, payload: &[u8]) -> Result<()> {

@@ -54,7 +54,11 @@ pub async fn run(ctx: &Ctx, scenario: &str, plan: Plan) -> Result<Report> {
     let publishers = plan.publishers.max(1);
     let mut report = Report::new(scenario, &ctx.label, serde_json::to_value(&plan)?);
     let run_id = now_us() % 1_000_000;
-    let names: Arc<Vec<String>> = Arc::new((0..channels).map(|c| format!("bench-{run_id}-{c}")).collect());
+    let names: Arc<Vec<String>> = Arc::new(
+        (0..channels)
+            .map(|c| format!("bench-{run_id}-{c}"))
+            .collect(),
+    );
     let shared = Arc::new(Shared {
         fleet: Fleet::default(),
         latency: (0..nodes).map(|_| Latency::default()).collect(),
@@ -72,8 +76,13 @@ pub async fn run(ctx: &Ctx, scenario: &str, plan: Plan) -> Result<Report> {
     let (stop_tx, stop_rx) = fleet::stop_signal();
     let mut tasks = JoinSet::new();
     for i in 0..plan.connections {
-        let (target, shared, limit, stop, names) =
-            (ctx.target.clone(), shared.clone(), limit.clone(), stop_rx.clone(), names.clone());
+        let (target, shared, limit, stop, names) = (
+            ctx.target.clone(),
+            shared.clone(),
+            limit.clone(),
+            stop_rx.clone(),
+            names.clone(),
+        );
         tasks.spawn(async move {
             let node = i % nodes;
             let channel = i % channels;
@@ -98,9 +107,15 @@ pub async fn run(ctx: &Ctx, scenario: &str, plan: Plan) -> Result<Report> {
         });
     }
     let s = shared.clone();
-    fleet::wait_for(plan.connections as u64, "subscribing", ctx.ramp_timeout, move || {
-        (s.fleet.subscribed.load(Ordering::Relaxed) + s.fleet.failed.load(Ordering::Relaxed)) as u64
-    })
+    fleet::wait_for(
+        plan.connections as u64,
+        "subscribing",
+        ctx.ramp_timeout,
+        move || {
+            (s.fleet.subscribed.load(Ordering::Relaxed) + s.fleet.failed.load(Ordering::Relaxed))
+                as u64
+        },
+    )
     .await;
     // Let the last subscriptions settle (on a cluster, interest has to reach the bus).
     tokio::time::sleep(Duration::from_millis(if nodes > 1 { 1000 } else { 200 })).await;
@@ -111,7 +126,12 @@ pub async fn run(ctx: &Ctx, scenario: &str, plan: Plan) -> Result<Report> {
     let started = Instant::now();
     let mut pubs = JoinSet::new();
     for w in 0..publishers {
-        let (target, shared, names, plan) = (ctx.target.clone(), shared.clone(), names.clone(), plan.clone());
+        let (target, shared, names, plan) = (
+            ctx.target.clone(),
+            shared.clone(),
+            names.clone(),
+            plan.clone(),
+        );
         pubs.spawn(async move {
             if let Err(e) = publish(w, &target, &shared, &names, &plan).await {
                 shared.fleet.error(&e.context("publisher"));
@@ -131,12 +151,18 @@ pub async fn run(ctx: &Ctx, scenario: &str, plan: Plan) -> Result<Report> {
     publish_bar.finish_and_clear();
     let publish_secs = started.elapsed().as_secs_f64();
     let expected: u64 = (0..channels)
-        .map(|c| shared.published_on[c].load(Ordering::Relaxed) * shared.subscribers_on[c].load(Ordering::Relaxed) as u64)
+        .map(|c| {
+            shared.published_on[c].load(Ordering::Relaxed)
+                * shared.subscribers_on[c].load(Ordering::Relaxed) as u64
+        })
         .sum();
     let s = shared.clone();
-    fleet::wait_for(expected, "delivering", Duration::from_secs(plan.drain_timeout_s), move || {
-        s.received.load(Ordering::Relaxed)
-    })
+    fleet::wait_for(
+        expected,
+        "delivering",
+        Duration::from_secs(plan.drain_timeout_s),
+        move || s.received.load(Ordering::Relaxed),
+    )
     .await;
     let after = ctx.watch.snapshot();
 
@@ -144,53 +170,105 @@ pub async fn run(ctx: &Ctx, scenario: &str, plan: Plan) -> Result<Report> {
     let published = shared.published.load(Ordering::Relaxed);
     let last = shared.last_delivery_us.load(Ordering::Relaxed);
     let delivery_secs = last.saturating_sub(publish_start_us) as f64 / 1e6;
-    report.metric("subscribers", shared.fleet.subscribed.load(Ordering::Relaxed) as f64, "");
-    report.metric("subscribe failures", shared.fleet.failed.load(Ordering::Relaxed) as f64, "");
+    report.metric(
+        "subscribers",
+        shared.fleet.subscribed.load(Ordering::Relaxed) as f64,
+        "",
+    );
+    report.metric(
+        "subscribe failures",
+        shared.fleet.failed.load(Ordering::Relaxed) as f64,
+        "",
+    );
     report.metric("messages published", published as f64, "");
-    report.metric("publish failures", shared.publish_failed.load(Ordering::Relaxed) as f64, "");
+    report.metric(
+        "publish failures",
+        shared.publish_failed.load(Ordering::Relaxed) as f64,
+        "",
+    );
     report.metric("publish rate", published as f64 / publish_secs, "msg/s");
     report.metric("deliveries expected", expected as f64, "");
     report.metric("deliveries received", received as f64, "");
     report.metric("lost", expected.saturating_sub(received) as f64, "");
-    report.metric("order violations", shared.violations.load(Ordering::Relaxed) as f64, "");
-    report.metric("disconnected during run", shared.fleet.dropped.load(Ordering::Relaxed) as f64, "");
+    report.metric(
+        "order violations",
+        shared.violations.load(Ordering::Relaxed) as f64,
+        "",
+    );
+    report.metric(
+        "disconnected during run",
+        shared.fleet.dropped.load(Ordering::Relaxed) as f64,
+        "",
+    );
     report.metric("first publish to last delivery", delivery_secs, "s");
-    report.metric("deliveries per second", received as f64 / delivery_secs.max(1e-6), "/s");
+    report.metric(
+        "deliveries per second",
+        received as f64 / delivery_secs.max(1e-6),
+        "/s",
+    );
     let deltas = before.delta(&after);
     if let Some((cpu, _, rss)) = procstat::server_totals(&deltas) {
         report.metric("server CPU", cpu, "s");
-        report.metric("server CPU per 1M deliveries", cpu * 1e6 / received.max(1) as f64, "s");
+        report.metric(
+            "server CPU per 1M deliveries",
+            cpu * 1e6 / received.max(1) as f64,
+            "s",
+        );
         report.metric("server RSS at end", rss as f64 / 1048576.0, "MiB");
     }
     let tool = procstat::tool_cpu(&deltas);
     report.metric("tool CPU", tool, "s");
-    report.metric("tool CPU per 1M deliveries", tool * 1e6 / received.max(1) as f64, "s");
+    report.metric(
+        "tool CPU per 1M deliveries",
+        tool * 1e6 / received.max(1) as f64,
+        "s",
+    );
 
     let mut all = shared.latency[0].merged();
     for l in &shared.latency[1..] {
-        let _ = all.add(&l.merged());
+        let _ = all.add(l.merged());
     }
-    report.latency.push(LatencySummary::of("publish→deliver", &all));
+    report
+        .latency
+        .push(LatencySummary::of("publish→deliver", &all));
     if nodes > 1 {
         let mut cross = shared.latency[1].merged();
         for l in &shared.latency[2..] {
-            let _ = cross.add(&l.merged());
+            let _ = cross.add(l.merged());
         }
-        report.latency.push(LatencySummary::of("same node", &shared.latency[0].merged()));
-        report.latency.push(LatencySummary::of("cross-node", &cross));
+        report
+            .latency
+            .push(LatencySummary::of("same node", &shared.latency[0].merged()));
+        report
+            .latency
+            .push(LatencySummary::of("cross-node", &cross));
     }
     report.processes = deltas;
     report.errors = shared.fleet.errors();
 
     let _ = stop_tx.send(true);
-    let _ = tokio::time::timeout(Duration::from_secs(10), async { while tasks.join_next().await.is_some() {} }).await;
+    let _ = tokio::time::timeout(Duration::from_secs(10), async {
+        while tasks.join_next().await.is_some() {}
+    })
+    .await;
     tasks.abort_all();
     Ok(report)
 }
 
-async fn receive(mut conn: Conn, mut stop: watch::Receiver<bool>, shared: &Shared, i: usize, node: usize, publishers: usize) {
+async fn receive(
+    mut conn: Conn,
+    mut stop: watch::Receiver<bool>,
+    shared: &Shared,
+    i: usize,
+    node: usize,
+    publishers: usize,
+) {
     // Order is only guaranteed per publisher connection, so check it per publisher.
     let mut last_seq = vec![u64::MAX; publishers];
+    // One waiter registration for the whole loop: a fresh `changed()` per event would lock
+    // the channel's shared waiter list twice per delivery, across every task.
+    let stopped = stop.changed();
+    tokio::pin!(stopped);
     loop {
         tokio::select! {
             event = conn.next_event() => {
@@ -213,18 +291,24 @@ async fn receive(mut conn: Conn, mut stop: watch::Receiver<bool>, shared: &Share
                 if let Err(e) = result {
                     shared.fleet.dropped.fetch_add(1, Ordering::Relaxed);
                     shared.fleet.error(&e.context("while receiving"));
-                    let _ = stop.changed().await;
+                    let _ = (&mut stopped).await;
                     return;
                 }
             }
-            _ = stop.changed() => return,
+            _ = &mut stopped => return,
         }
     }
 }
 
 /// Publisher `w` sends messages w, w+P, w+2P, … below `plan.messages`; message `seq` goes to
 /// channel `seq % channels`.
-async fn publish(w: usize, target: &Target, shared: &Shared, names: &[String], plan: &Plan) -> Result<()> {
+async fn publish(
+    w: usize,
+    target: &Target,
+    shared: &Shared,
+    names: &[String],
+    plan: &Plan,
+) -> Result<()> {
     let publishers = plan.publishers.max(1) as u64;
     let batch = plan.batch.max(1);
     let mut publisher = Publisher::connect(target.api[0], target.creds.clone()).await?;
@@ -251,7 +335,9 @@ async fn publish(w: usize, target: &Target, shared: &Shared, names: &[String], p
         let result = if batch == 1 {
             let seq = seqs[0];
             let ch = &names[(seq % names.len() as u64) as usize];
-            publisher.trigger(ch, &pusher::payload(sent, seq, plan.payload_bytes)).await
+            publisher
+                .trigger(ch, &pusher::payload(sent, seq, plan.payload_bytes))
+                .await
         } else {
             items.clear();
             for &seq in &seqs {
@@ -263,12 +349,17 @@ async fn publish(w: usize, target: &Target, shared: &Shared, names: &[String], p
         match result {
             Ok(()) => {
                 for &seq in &seqs {
-                    shared.published_on[(seq % names.len() as u64) as usize].fetch_add(1, Ordering::Relaxed);
+                    shared.published_on[(seq % names.len() as u64) as usize]
+                        .fetch_add(1, Ordering::Relaxed);
                 }
-                shared.published.fetch_add(seqs.len() as u64, Ordering::Relaxed);
+                shared
+                    .published
+                    .fetch_add(seqs.len() as u64, Ordering::Relaxed);
             }
             Err(e) => {
-                shared.publish_failed.fetch_add(seqs.len() as u64, Ordering::Relaxed);
+                shared
+                    .publish_failed
+                    .fetch_add(seqs.len() as u64, Ordering::Relaxed);
                 shared.fleet.error(&e);
                 if publisher_broken(&e) {
                     publisher = Publisher::connect(target.api[0], target.creds.clone()).await?;

@@ -1,0 +1,176 @@
+#!/usr/bin/env bash
+# `make bench`: the standard benchmark set, Herald side by side with Sockudo and soketi on this
+# machine. Each scenario gets a freshly started server (so memory figures start from a clean
+# process); the cluster scenario gets a fresh redis-server and three nodes per server.
+#
+# Results: target/bench/<UTC time>/ — one JSON + text log per (scenario, server), summary.md
+# with the side-by-side tables, and SVG latency plots.
+#
+# Environment:
+#   BENCH_SERVERS    servers to run (default "herald sockudo soketi"; missing peers are skipped,
+#                    install them with loadtest/peers/install-*.sh)
+#   BENCH_SCENARIOS  scenarios (default "idle fanout burst burst-batch storm presence cluster")
+#   BENCH_N          connections for idle, fanout, burst and storm (default 10000)
+#   BENCH_OUT        output directory
+set -euo pipefail
+root="$(cd "$(dirname "$0")/.." && pwd)"
+peers="$root/loadtest/peers"
+out="${BENCH_OUT:-$root/target/bench/$(date -u +%Y%m%dT%H%M%SZ)}"
+servers="${BENCH_SERVERS:-herald sockudo soketi}"
+scenarios="${BENCH_SCENARIOS:-idle fanout burst burst-batch storm presence cluster}"
+n="${BENCH_N:-10000}"
+lt="$root/target/release/herald-loadtest"
+herald="$root/target/release/herald"
+mkdir -p "$out"
+
+[[ -x "$herald" ]] || cargo build -j2 --release --bin herald
+cargo build -j2 --release -p herald-loadtest
+
+available() {
+  case "$1" in
+    herald) [[ -x "$herald" ]] ;;
+    sockudo) [[ -x "${SOCKUDO_BIN:-$peers/.work/sockudo/bin/sockudo}" ]] ;;
+    soketi) [[ -x "$peers/.work/soketi/node_modules/.bin/soketi" ]] ;;
+    *) return 1 ;;
+  esac
+}
+run_servers=()
+for s in $servers; do
+  if available "$s"; then run_servers+=("$s"); else echo "skipping $s: not installed (see loadtest/peers/)" >&2; fi
+done
+
+# Two cores are easily disturbed: say so when something else is using them.
+busy="$(ps -eo pcpu=,comm= --sort=-pcpu | awk '$1 > 20 && $2 !~ /^(ps|awk|bench.sh)$/ {print $2}' | head -3 | xargs)"
+[[ -n "$busy" ]] && echo "warning: other busy processes ($busy); figures will be noisy" >&2
+load_before="$(cut -d' ' -f1-3 /proc/loadavg)"
+
+pids=()
+port=7100
+cleanup() {
+  for p in "${pids[@]}"; do kill -KILL "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+}
+trap cleanup EXIT INT TERM
+
+wait_port() {
+  for _ in $(seq 100); do
+    curl -s -o /dev/null -m 1 "http://127.0.0.1:$1/" && return 0
+    sleep 0.1
+  done
+  echo "nothing listening on 127.0.0.1:$1" >&2
+  return 1
+}
+
+stop() {
+  kill -TERM "$1" 2>/dev/null || true
+  for _ in $(seq 30); do kill -0 "$1" 2>/dev/null || return 0; sleep 0.1; done
+  kill -KILL "$1" 2>/dev/null || true
+  wait "$1" 2>/dev/null || true
+}
+
+# start SERVER PORT [REDIS_PORT] [NODE] — sets PID.
+start() {
+  local server="$1" p="$2" redis="${3:-}" node="${4:-1}" log="$out/server-$1-$2.log"
+  case "$server" in
+    herald)
+      local conf="$out/herald-$p.toml"
+      cat >"$conf" <<TOML
+[server]
+listen = "127.0.0.1:$p"
+admin_listen = "127.0.0.1:$((p + 1000))"
+node_id = "bench-$node"
+max_connections = 1000000
+handshakes_per_second = 100000
+
+[log]
+level = "warn"
+
+[[apps]]
+id = "app-id"
+key = "app-key"
+secret = "app-secret"
+TOML
+      if [[ -n "$redis" ]]; then
+        printf '\n[bus]\ndriver = "redis"\nurl = "redis://127.0.0.1:%s"\n' "$redis" >>"$conf"
+      fi
+      "$herald" --config "$conf" >"$log" 2>&1 &
+      ;;
+    sockudo) "$peers/start-sockudo.sh" "$p" "${redis:+redis://127.0.0.1:$redis}" "$node" >"$log" 2>&1 & ;;
+    soketi) "$peers/start-soketi.sh" "$p" "$redis" "$node" >"$log" 2>&1 & ;;
+  esac
+  PID=$!
+  pids+=("$PID")
+  wait_port "$p"
+}
+
+# loadtest SCENARIO SERVER SUBCOMMAND ARGS... — runs the tool, keeps JSON and the printed table.
+loadtest() {
+  local name="$1" server="$2"; shift 2
+  echo "== $name: $server" >&2
+  timeout 200 "$lt" "$@" --label "$server" --max-seconds 180 \
+    --out "$out/$name-$server.json" >"$out/$name-$server.txt" 2>"$out/$name-$server.err" || echo "   $name on $server failed (see $out/$name-$server.err)" >&2
+  grep -E "subscribed|per second|per connection|all back|time until|lost|p99|deliver |join |cross-node|error" "$out/$name-$server.txt" | sed 's/^/   /' >&2 || true
+}
+
+single() {
+  local name="$1" server="$2"; shift 2
+  port=$((port + 2))
+  start "$server" "$port"
+  local pid=$PID
+  loadtest "$name" "$server" "$@" --url "ws://127.0.0.1:$port" --server-pid "$pid"
+  stop "$pid"
+}
+
+cluster() {
+  local server="$1" redis_port ports=() urls=() spids=()
+  port=$((port + 10)); redis_port=$port
+  redis-server --port "$redis_port" --bind 127.0.0.1 --save '' --appendonly no --dir "$out" >"$out/redis-$server.log" 2>&1 &
+  local rpid=$!; pids+=("$rpid")
+  for _ in $(seq 50); do redis-cli -p "$redis_port" ping >/dev/null 2>&1 && break; sleep 0.1; done
+  for node in 1 2 3; do
+    local p=$((redis_port + node * 2))
+    start "$server" "$p" "$redis_port" "$node"
+    urls+=(--url "ws://127.0.0.1:$p"); spids+=(--server-pid "$PID"); ports+=("$PID")
+  done
+  spids+=(--server-pid "$rpid")
+  sleep 1
+  loadtest cluster "$server" cluster "${urls[@]}" "${spids[@]}" \
+    --connections 3000 --channels 1000 --rate 5000 --messages 25000 --publishers 8
+  for p in "${ports[@]}"; do stop "$p"; done
+  stop "$rpid"
+}
+
+files=()
+for scenario in $scenarios; do
+  for server in "${run_servers[@]}"; do
+    case "$scenario" in
+      idle) single idle "$server" idle --connections "$n" --hold 3 ;;
+      fanout) single fanout "$server" fanout --connections "$n" --rate 10 --messages 100 ;;
+      burst) single burst "$server" burst --connections "$n" --messages 200 --publishers 4 ;;
+      burst-batch) single burst-batch "$server" burst --connections "$n" --messages 200 --publishers 4 --batch 10 ;;
+      storm) single storm "$server" storm --connections "$n" ;;
+      presence) single presence "$server" presence --channels 50 --members 50 --rate 500 --duration 5 ;;
+      cluster) command -v redis-server >/dev/null && cluster "$server" || echo "skipping cluster: no redis-server" >&2 ;;
+      *) echo "unknown scenario $scenario" >&2; continue ;;
+    esac
+    [[ -f "$out/$scenario-$server.json" ]] && files+=("$out/$scenario-$server.json")
+  done
+done
+
+{
+  echo "# Benchmark run $(date -u +%Y-%m-%dT%H:%M:%SZ)"
+  echo
+  echo "$(nproc) CPUs ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)), $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), kernel $(uname -r); load average before the run: $load_before"
+  echo
+  echo "- herald: $(git -C "$root" rev-parse --short HEAD 2>/dev/null)$(git -C "$root" diff --quiet 2>/dev/null || echo ' (uncommitted changes)')"
+  available sockudo && echo "- sockudo: $("${SOCKUDO_BIN:-$peers/.work/sockudo/bin/sockudo}" --version 2>/dev/null | head -1)"
+  available soketi && echo "- soketi: $(node -p 'require(process.argv[1]).version' "$peers/.work/soketi/node_modules/@soketi/soketi/package.json") on node $(node --version)"
+  echo "- redis: $(redis-server --version 2>/dev/null | cut -d' ' -f3)"
+  "$lt" report "${files[@]}"
+} >"$out/summary.md"
+for s in fanout burst burst-batch cluster; do
+  f=("$out/$s"-*.json)
+  [[ -e "${f[0]}" ]] && "$lt" report --plot "$out/$s.svg" --series "publish→deliver" "${f[@]}" >/dev/null
+done
+[[ -e "$out/cluster-herald.json" ]] && "$lt" report --plot "$out/cluster-cross-node.svg" --series "cross-node" "$out"/cluster-*.json >/dev/null
+echo "results: $out/summary.md" >&2
