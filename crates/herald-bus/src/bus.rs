@@ -122,8 +122,9 @@ impl RedisBus {
             flush_now: Notify::new(),
             topic_ops: tokio::sync::Mutex::new(()),
         });
-        // A restarted node with the same id (a StatefulSet pod) first clears what its previous
-        // life left behind, then registers.
+        // A restarted node with the same id (a StatefulSet pod) waits for its previous life's
+        // lease to lapse, clears what that life left behind, then registers.
+        inner.wait_for_own_lease().await?;
         inner.reap(&inner.cfg.node_id).await;
         inner.renew_lease().await.map_err(unavailable)?;
         tokio::spawn(receive_loop(inner.clone()));
@@ -185,6 +186,36 @@ impl Inner {
             Ok(())
         } else {
             self.subscriber.unsubscribe(topics).await
+        }
+    }
+
+    /// Waits while a lease for this node id is live. A previous life's lease lapses within one
+    /// lease; one that keeps being renewed belongs to another live node with the same id.
+    async fn wait_for_own_lease(&self) -> Result<(), BusError> {
+        let started = Instant::now();
+        let mut warned = false;
+        loop {
+            let score: Option<f64> = self
+                .client
+                .zscore(self.keys.nodes(), self.cfg.node_id.as_str())
+                .await
+                .map_err(unavailable)?;
+            match score {
+                Some(expiry) if expiry > now_ms() as f64 => {
+                    if started.elapsed() > self.cfg.lease * 2 {
+                        return Err(BusError::Backend(format!(
+                            "node id {:?} is in use by another live node (its lease keeps being renewed); give every node its own server.node_id",
+                            self.cfg.node_id
+                        )));
+                    }
+                    if !warned {
+                        tracing::warn!(node = %self.cfg.node_id, "a lease for this node id is live; waiting for it to lapse");
+                        warned = true;
+                    }
+                    tokio::time::sleep(Duration::from_millis(250)).await;
+                }
+                _ => return Ok(()),
+            }
         }
     }
 
@@ -958,5 +989,19 @@ impl Bus for RedisBus {
 
     fn is_ready(&self) -> bool {
         self.inner.ready.load(Ordering::Acquire)
+    }
+
+    async fn shutdown(&self) {
+        let inner = &self.inner;
+        inner.ready.store(false, Ordering::Release);
+        if let Err(e) = inner.flush_counts().await {
+            tracing::warn!(error = %e, "final subscription count flush failed");
+        }
+        inner.reap(&inner.cfg.node_id).await;
+        let _: Result<i64, _> = inner
+            .client
+            .zrem(inner.keys.nodes(), inner.cfg.node_id.as_str())
+            .await;
+        tracing::info!(node = %inner.cfg.node_id, "left the cluster");
     }
 }

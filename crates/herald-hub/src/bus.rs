@@ -157,6 +157,10 @@ pub trait Bus: Send + Sync + 'static {
 
     /// Whether the bus can serve (connected, subscriptions restored).
     fn is_ready(&self) -> bool;
+
+    /// Leaves the cluster on a graceful exit: this node's state and lease are removed at once
+    /// instead of lapsing.
+    async fn shutdown(&self) {}
 }
 
 type Key = (Arc<str>, ChannelName);

@@ -60,6 +60,9 @@ pub struct Hub {
     webhooks: std::sync::OnceLock<Arc<dyn crate::webhook::WebhookSink>>,
     counts: parking_lot::Mutex<CountNotices>,
     node_id: Arc<str>,
+    /// This process's tag on bus messages: the node id plus a random suffix, so two processes
+    /// that were (wrongly) given one node id still deliver each other's messages.
+    origin: Arc<str>,
     apps: Apps,
     state: HashMap<String, AppState>,
     bus: Arc<dyn Bus>,
@@ -101,6 +104,7 @@ impl Hub {
             webhooks: std::sync::OnceLock::new(),
             counts: parking_lot::Mutex::new(CountNotices::default()),
             node_id: Arc::from(config.node_id.as_str()),
+            origin: Arc::from(format!("{}#{:016x}", config.node_id, rand::random::<u64>())),
             apps,
             state,
             bus,
@@ -338,7 +342,7 @@ impl Hub {
     ) -> Result<usize, BusError> {
         self.bus
             .publish(BusMessage {
-                origin: self.node_id.clone(),
+                origin: self.origin.clone(),
                 app_id: Arc::from(app_id),
                 channel: channel.clone(),
                 exclude,
@@ -379,7 +383,7 @@ impl Hub {
             ChannelName::server_to_user(user_id).map_err(|e| BusError::Backend(e.to_string()))?;
         self.bus
             .publish(BusMessage {
-                origin: self.node_id.clone(),
+                origin: self.origin.clone(),
                 app_id: Arc::from(app_id),
                 channel: channel.clone(),
                 exclude: None,
@@ -428,7 +432,7 @@ impl BusSink for Hub {
     }
 
     fn deliver(&self, msg: BusMessage) {
-        if msg.origin == self.node_id {
+        if msg.origin == self.origin {
             return; // delivered locally when it was published
         }
         match &msg.payload {

@@ -50,6 +50,8 @@ pub struct ServerConfig {
     pub max_message_bytes: usize,
     /// Largest HTTP API request body, in bytes (413 beyond).
     pub max_request_bytes: usize,
+    /// Pending-connection queue of the public listener (capped by `net.core.somaxconn`).
+    pub listen_backlog: u32,
     /// Seconds over which connections are closed (4200) on SIGTERM.
     pub drain_window: u64,
     /// Seconds after SIGTERM at which the process exits regardless.
@@ -69,6 +71,7 @@ impl Default for ServerConfig {
             outbound_queue_bytes: 1 << 20,
             max_message_bytes: 32 * 1024,
             max_request_bytes: 256 * 1024,
+            listen_backlog: 4096,
             drain_window: 20,
             drain_deadline: 30,
         }

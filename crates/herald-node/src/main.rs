@@ -167,11 +167,9 @@ async fn run(mut config: Config) -> anyhow::Result<()> {
     if let Some(sender) = webhooks::start(&config.apps) {
         hub.set_webhooks(sender);
     }
-    let public = TcpListener::bind(&config.server.listen)
-        .await
+    let public = listen(&config.server.listen, config.server.listen_backlog)
         .with_context(|| format!("binding server.listen {}", config.server.listen))?;
-    let admin = TcpListener::bind(&config.server.admin_listen)
-        .await
+    let admin = listen(&config.server.admin_listen, 128)
         .with_context(|| format!("binding server.admin_listen {}", config.server.admin_listen))?;
     let public_addr = public.local_addr()?;
     let admin_addr = admin.local_addr()?;
@@ -194,9 +192,26 @@ async fn run(mut config: Config) -> anyhow::Result<()> {
 
     drain::wait_for_signal().await;
     drain::drain(&node, &tracker).await;
+    node.hub.bus().shutdown().await;
     accept.abort();
     tokio::time::sleep(Duration::from_millis(10)).await;
     Ok(())
+}
+
+/// A listener with a deep accept queue: a reconnect storm arrives faster than any accept loop,
+/// and the default queue of 128 drops the excess (the kernel caps it at `net.core.somaxconn`).
+fn listen(addr: &str, backlog: u32) -> std::io::Result<TcpListener> {
+    let addr: std::net::SocketAddr = addr
+        .parse()
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, format!("{e}")))?;
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(backlog)
 }
 
 /// Every connection is a file descriptor: take the hard limit, not the usual soft 1024.

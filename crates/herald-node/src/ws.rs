@@ -31,7 +31,16 @@ pub struct Handshake {
 }
 
 /// Refuses a connection: `pusher:error` then a close frame with the same code.
-async fn refuse(mut io: WriteHalf<TokioIo<Upgraded>>, code: u16, message: &str) {
+/// Boxed: a refusal is rare, and its state would otherwise enlarge every connection's task.
+fn refuse(
+    io: WriteHalf<TokioIo<Upgraded>>,
+    code: u16,
+    message: &str,
+) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + '_>> {
+    Box::pin(refuse_inner(io, code, message))
+}
+
+async fn refuse_inner(mut io: WriteHalf<TokioIo<Upgraded>>, code: u16, message: &str) {
     let mut buf = Vec::new();
     push_text(&mut buf, &server::error(Some(code), message));
     push_close(&mut buf, code, message);
@@ -195,7 +204,7 @@ pub async fn serve(
     let session = read_loop(&mut reader, session, &conn, &last_seen, started, &done).await;
 
     // The socket is done or the server closed it: leave channels, then let the writer finish.
-    session.close().await;
+    Box::pin(session.close()).await;
     if !conn.outbox.is_closing() {
         conn.outbox.close(1000, "");
     }
@@ -249,7 +258,7 @@ async fn read_loop(
         match message {
             Message::Text(mut text) => {
                 metrics::bytes_in(text.len());
-                session.on_text(&mut text).await
+                Box::pin(session.on_text(&mut text)).await
             }
             Message::Binary(b) => {
                 metrics::bytes_in(b.len());

@@ -584,3 +584,63 @@ async fn resubscribe_races_the_idle_topic_drop() {
             .await;
     }
 }
+
+#[tokio::test]
+async fn duplicate_node_ids_are_refused_and_a_graceful_exit_leaves_the_cluster() {
+    let redis = Redis::start().await;
+    let bus = format!(
+        "[bus]\ndriver = \"redis\"\nurl = \"{}\"\nlease_seconds = 1\n{}",
+        redis.url(),
+        default_apps()
+    );
+    let first = Herald::start_node("twin", "drain_window = 0\ndrain_deadline = 2", &bus).await;
+    assert!(
+        common::redis::cli(redis.port, &["ZSCORE", "herald:nodes", "twin"])
+            .parse::<f64>()
+            .is_ok()
+    );
+
+    // A second live process with the same id gives up with a clear error.
+    let dir = tempdir::Dir::new();
+    let cfg = dir.0.join("twin.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[server]\nlisten = \"127.0.0.1:{}\"\nadmin_listen = \"127.0.0.1:{}\"\nnode_id = \"twin\"\n{bus}",
+            free_port(),
+            free_port()
+        ),
+    )
+    .unwrap();
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_herald"))
+            .arg("--config")
+            .arg(&cfg)
+            .env("RUST_LOG", "error")
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("in use by another live node"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // SIGTERM: the lease goes at once, not a lease later.
+    first.sigterm();
+    let mut first = first;
+    let status = tokio::task::spawn_blocking(move || first.child.wait().unwrap())
+        .await
+        .unwrap();
+    assert!(status.success());
+    assert_eq!(
+        common::redis::cli(redis.port, &["ZSCORE", "herald:nodes", "twin"]),
+        ""
+    );
+    // And the id is free for the next life immediately.
+    let again = Herald::start_node("twin", "", &bus).await;
+    assert_eq!(again.admin_get("/readyz").await.0, 200);
+}
