@@ -55,6 +55,8 @@ const MAX_PENDING_PONGS: usize = 4;
 pub struct Outbox {
     inner: Mutex<Inner>,
     notify: Notify,
+    /// Woken when a close is requested, for a writer blocked on a client that stopped reading.
+    closing: Notify,
     limit: usize,
 }
 
@@ -72,6 +74,7 @@ impl Outbox {
                 close: None,
             }),
             notify: Notify::new(),
+            closing: Notify::new(),
             limit: limit_bytes,
         }
     }
@@ -95,6 +98,7 @@ impl Outbox {
             });
             drop(inner);
             self.notify.notify_one();
+            self.closing.notify_waiters();
             return Pushed::Overflowed;
         }
         inner.bytes += frame.len();
@@ -122,6 +126,7 @@ impl Outbox {
         }
         drop(inner);
         self.notify.notify_one();
+        self.closing.notify_waiters();
     }
 
     pub fn is_closing(&self) -> bool {
@@ -162,6 +167,19 @@ impl Outbox {
             inner.queue.shrink_to(16);
         }
         inner.close.clone()
+    }
+
+    /// Resolves once a close has been requested.
+    pub async fn closing(&self) {
+        loop {
+            let notified = self.closing.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.is_closing() {
+                return;
+            }
+            notified.await;
+        }
     }
 
     /// Waits until something is queued or a close is requested.
@@ -212,6 +230,26 @@ mod tests {
                 message: "bye".into()
             })
         );
+    }
+
+    #[tokio::test]
+    async fn closing_resolves_on_close_and_on_overflow() {
+        let o = std::sync::Arc::new(Outbox::new(10));
+        let o2 = o.clone();
+        let waiter = tokio::spawn(async move { o2.closing().await });
+        tokio::task::yield_now().await;
+        assert!(!waiter.is_finished());
+        o.push(Bytes::from_static(b"0123456789x"));
+        waiter.await.expect("woken by the overflow");
+        // Already closing: resolves at once.
+        tokio::time::timeout(std::time::Duration::from_secs(1), o.closing())
+            .await
+            .expect("immediate");
+        let o = Outbox::new(10);
+        o.close(4200, "bye");
+        tokio::time::timeout(std::time::Duration::from_secs(1), o.closing())
+            .await
+            .expect("immediate");
     }
 
     #[tokio::test]

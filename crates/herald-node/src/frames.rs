@@ -56,6 +56,11 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
         }
     }
 
+    /// The stream, for writing (the task reads and writes one stream, never at once).
+    pub fn get_mut(&mut self) -> &mut R {
+        &mut self.io
+    }
+
     /// Reads until `buf` holds at least `n` bytes.
     async fn fill(&mut self, n: usize) -> Result<(), ReadError> {
         while self.buf.len() < n {

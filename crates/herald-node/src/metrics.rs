@@ -82,7 +82,7 @@ fn describe() {
     describe_histogram!(
         "herald_publish_delivery_seconds",
         Unit::Seconds,
-        "From a publish's arrival at its first node to its fan-out on each node"
+        "From a publication's arrival at its first node to the socket write that carried it, on each node (sampled)"
     );
     describe_counter!(
         "herald_bus_messages_published_total",

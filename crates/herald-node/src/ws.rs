@@ -1,11 +1,12 @@
-//! One WebSocket connection: admission, the reader (frames in → session) and the writer
-//! (outbound queue → socket, pings, close).
+//! One WebSocket connection: admission, then one task that reads client frames into the
+//! session and writes the connection's outbound queue, pings and close.
 //!
-//! The reader uses fastwebsockets to parse frames. The writer owns the socket's write half and
-//! writes everything queued in one `write_all`, with frame headers from fastwebsockets, so a
-//! burst of fan-out costs one syscall per connection rather than one per message.
+//! The task waits on three things at once — a client frame (the reader is cancel-safe), the
+//! outbound queue, and one timer — and after each wake writes everything queued in one
+//! `write_all`, with frame headers from fastwebsockets: a burst of fan-out costs one syscall
+//! per connection, and a reply goes out in the same poll that handled the request. A write to
+//! a client that stopped reading is abandoned as soon as the connection is told to close.
 
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -14,9 +15,8 @@ use herald_hub::{Connection, Session};
 use herald_protocol::{server, ErrorCode, SocketId};
 use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
-use tokio::io::{AsyncWriteExt, WriteHalf};
+use tokio::io::AsyncWriteExt;
 use tokio::time::Instant;
-use tokio_util::sync::CancellationToken;
 
 use crate::frames::{FrameReader, Message, ReadError};
 use crate::metrics;
@@ -32,15 +32,15 @@ pub struct Handshake {
 
 /// Refuses a connection: `pusher:error` then a close frame with the same code.
 /// Boxed: a refusal is rare, and its state would otherwise enlarge every connection's task.
-fn refuse(
-    io: WriteHalf<TokioIo<Upgraded>>,
+fn refuse<'a>(
+    io: &'a mut TokioIo<Upgraded>,
     code: u16,
-    message: &str,
-) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + '_>> {
+    message: &'a str,
+) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + 'a>> {
     Box::pin(refuse_inner(io, code, message))
 }
 
-async fn refuse_inner(mut io: WriteHalf<TokioIo<Upgraded>>, code: u16, message: &str) {
+async fn refuse_inner(io: &mut TokioIo<Upgraded>, code: u16, message: &str) {
     let mut buf = Vec::new();
     push_text(&mut buf, &server::error(Some(code), message));
     push_close(&mut buf, code, message);
@@ -136,13 +136,13 @@ pub async fn serve(
     ws: fastwebsockets::WebSocket<TokioIo<Upgraded>>,
     hs: Handshake,
 ) {
-    let (read, write) = tokio::io::split(ws.into_inner());
+    let mut io = ws.into_inner();
     let app = match admit(&node, &hs) {
         Ok(app) => app,
         Err((code, message, reason)) => {
             metrics::refused(reason);
             tracing::info!(code, reason, "connection refused");
-            refuse(write, code, &message).await;
+            refuse(&mut io, code, &message).await;
             return;
         }
     };
@@ -157,7 +157,7 @@ pub async fn serve(
             metrics::refused("app_limit");
             tracing::info!(app = %app.id, code = 4004, "connection refused: app over connection quota");
             refuse(
-                write,
+                &mut io,
                 ErrorCode::OverConnectionQuota.as_u16(),
                 "Application is over connection quota",
             )
@@ -168,7 +168,7 @@ pub async fn serve(
             metrics::refused("bus");
             tracing::warn!(app = %app.id, error = %e, "connection refused: bus unavailable");
             refuse(
-                write,
+                &mut io,
                 ErrorCode::OverCapacity.as_u16(),
                 "Server cannot reach its cluster bus; retry shortly",
             )
@@ -186,32 +186,13 @@ pub async fn serve(
         conn.clone(),
         node.config.server.activity_timeout,
     );
-
-    let last_seen = Arc::new(AtomicU64::new(0));
     let started = Instant::now();
-    let done = CancellationToken::new();
-    let writer = tokio::spawn(write_loop(
-        node.clone(),
-        conn.clone(),
-        write,
-        last_seen.clone(),
-        started,
-        done.clone(),
-    ));
+    let mut reader = FrameReader::new(io, node.config.server.max_message_bytes);
+    let (session, close) = run(&node, &conn, session, &mut reader).await;
 
-    let max_message = node.config.server.max_message_bytes;
-    let mut reader = FrameReader::new(read, max_message);
-    let session = read_loop(&mut reader, session, &conn, &last_seen, started, &done).await;
-
-    // The socket is done or the server closed it: leave channels, then let the writer finish.
+    // The socket is done or the server closed it: leave every channel.
     Box::pin(session.close()).await;
-    if !conn.outbox.is_closing() {
-        conn.outbox.close(1000, "");
-    }
-    let close = match tokio::time::timeout(Duration::from_secs(5), writer).await {
-        Ok(Ok(close)) => close,
-        _ => None,
-    };
+    metrics::closed(&app.id, close.as_ref().map(|c| c.code));
     let seconds = started.elapsed().as_secs();
     match close {
         Some(c) if c.code >= 4000 => {
@@ -224,23 +205,34 @@ pub async fn serve(
     }
 }
 
-async fn read_loop(
-    reader: &mut FrameReader<tokio::io::ReadHalf<TokioIo<Upgraded>>>,
-    mut session: Session,
+/// The connection's life after admission. Returns the session and the close sent, if any.
+async fn run(
+    node: &Node,
     conn: &Arc<Connection>,
-    last_seen: &AtomicU64,
-    started: Instant,
-    done: &CancellationToken,
-) -> Session {
+    mut session: Session,
+    reader: &mut FrameReader<TokioIo<Upgraded>>,
+) -> (Session, Option<herald_hub::CloseReason>) {
+    let activity = Duration::from_secs(node.config.server.activity_timeout);
+    let pong_wait = Duration::from_secs(node.config.server.pong_timeout);
+    let started = Instant::now();
+    // "Authorized connections": sign in or subscribe to a private/presence channel in time.
+    let authorize_by = conn.app.authorized_connections.map(|t| started + t);
+    let mut last_seen = started;
+    let mut pinged = false;
+    let (mut frames, mut pongs, mut buf) = (Vec::new(), Vec::new(), Vec::new());
+    // One timer for the connection's life, moved only when its deadline changes.
+    let timer = tokio::time::sleep_until(started + activity);
+    tokio::pin!(timer);
     loop {
         let message = tokio::select! {
-            m = reader.next() => m,
-            _ = done.cancelled() => break,
+            m = reader.next() => Some(m),
+            _ = conn.outbox.ready() => None,
+            _ = &mut timer => None,
         };
-        let message = match message {
-            Ok(m) => m,
-            Err(ReadError::Closed) => break,
-            Err(e) => {
+        match message {
+            None => {}
+            Some(Err(ReadError::Closed)) => return (session, None),
+            Some(Err(e)) => {
                 let (code, why) = match e {
                     ReadError::TooBig(n) => {
                         (1009, format!("Message of {n} bytes is over the limit"))
@@ -251,104 +243,60 @@ async fn read_loop(
                 };
                 conn.send_error(None, &why);
                 conn.outbox.close(code, why);
-                break;
             }
-        };
-        last_seen.store(started.elapsed().as_millis() as u64, Ordering::Relaxed);
-        match message {
-            Message::Text(mut text) => {
-                metrics::bytes_in(text.len());
-                Box::pin(session.on_text(&mut text)).await
-            }
-            Message::Binary(b) => {
-                metrics::bytes_in(b.len());
-                conn.send_error(
-                    None,
-                    "Binary frames are not supported: send JSON in text frames",
-                )
-            }
-            Message::Ping(payload) => conn.outbox.push_pong(payload.freeze()),
-            Message::Pong => {}
-            Message::Close(_) => {
-                conn.outbox.close(1000, "");
-                break;
+            Some(Ok(message)) => {
+                last_seen = Instant::now();
+                pinged = false;
+                match message {
+                    Message::Text(mut text) => {
+                        metrics::bytes_in(text.len());
+                        Box::pin(session.on_text(&mut text)).await
+                    }
+                    Message::Binary(b) => {
+                        metrics::bytes_in(b.len());
+                        conn.send_error(
+                            None,
+                            "Binary frames are not supported: send JSON in text frames",
+                        )
+                    }
+                    Message::Ping(payload) => conn.outbox.push_pong(payload.freeze()),
+                    Message::Pong => {}
+                    Message::Close(_) => conn.outbox.close(1000, ""),
+                }
             }
         }
-        if conn.outbox.is_closing() {
-            break;
-        }
-    }
-    session
-}
 
-async fn write_loop(
-    node: Arc<Node>,
-    conn: Arc<Connection>,
-    mut io: WriteHalf<TokioIo<Upgraded>>,
-    last_seen: Arc<AtomicU64>,
-    started: Instant,
-    done: CancellationToken,
-) -> Option<herald_hub::CloseReason> {
-    let activity = Duration::from_secs(node.config.server.activity_timeout);
-    let pong_wait = Duration::from_secs(node.config.server.pong_timeout);
-    let mut frames = Vec::new();
-    let mut pongs = Vec::new();
-    let mut buf = Vec::new();
-    let mut pinged_at: Option<u64> = None;
-    // "Authorized connections": sign in or subscribe to a private/presence channel in time.
-    let authorize_by = conn.app.authorized_connections.map(|t| started + t);
-    let close_code = loop {
-        let seen = Duration::from_millis(last_seen.load(Ordering::Relaxed));
-        let deadline = match pinged_at {
-            Some(_) => started + seen + activity + pong_wait,
-            None => started + seen + activity,
-        };
-        let deadline = match authorize_by {
-            Some(by) if !conn.is_authorized() => deadline.min(by),
-            _ => deadline,
-        };
-        tokio::select! {
-            _ = conn.outbox.ready() => {}
-            _ = tokio::time::sleep_until(deadline) => {}
-        }
-        if authorize_by.is_some_and(|by| Instant::now() >= by) && !conn.is_authorized() {
+        let now = Instant::now();
+        if authorize_by.is_some_and(|by| now >= by) && !conn.is_authorized() {
             conn.outbox.close(
                 ErrorCode::Unauthorized.as_u16(),
                 "Connection is unauthorized: sign in or subscribe to a private channel in time",
             );
         }
         let drained = conn.outbox.drain_all(&mut frames, &mut pongs);
-        let close = drained.close;
-        let now_seen = last_seen.load(Ordering::Relaxed);
-        if pinged_at.is_some_and(|at| now_seen > at) {
-            pinged_at = None;
-        }
-        let idle = started
-            .elapsed()
-            .saturating_sub(Duration::from_millis(now_seen));
         for p in pongs.drain(..) {
             push_frame(&mut buf, Frame::pong(Payload::Borrowed(&p)));
         }
         for f in frames.drain(..) {
             push_text(&mut buf, &f);
         }
-        let close = match close {
+        let idle = now.saturating_duration_since(last_seen);
+        let close = match drained.close {
             Some(c) => Some(c),
-            None if pinged_at.is_some() && idle >= activity + pong_wait => {
-                Some(herald_hub::CloseReason {
-                    code: ErrorCode::PongNotReceived.as_u16(),
-                    message: "Pong reply not received".into(),
-                })
-            }
-            None if pinged_at.is_none() && idle >= activity => {
-                push_frame(
-                    &mut buf,
-                    Frame::new(true, OpCode::Ping, None, Payload::Borrowed(b"")),
-                );
-                pinged_at = Some(now_seen);
+            None if pinged && idle >= activity + pong_wait => Some(herald_hub::CloseReason {
+                code: ErrorCode::PongNotReceived.as_u16(),
+                message: "Pong reply not received".into(),
+            }),
+            None => {
+                if !pinged && idle >= activity {
+                    push_frame(
+                        &mut buf,
+                        Frame::new(true, OpCode::Ping, None, Payload::Borrowed(b"")),
+                    );
+                    pinged = true;
+                }
                 None
             }
-            None => None,
         };
         if let Some(c) = &close {
             if c.code >= 4000 {
@@ -358,8 +306,30 @@ async fn write_loop(
         }
         if !buf.is_empty() {
             metrics::bytes_out(buf.len());
-            if io.write_all(&buf).await.is_err() {
-                break None;
+            // A client that stopped reading blocks this write. Once the connection is told to
+            // close (its queue overflowed, a drain, a terminate) it gets a few more seconds to
+            // take the rest, so a slow client still learns why; then it is dropped.
+            let grace = Duration::from_secs(5);
+            let written = if close.is_some() {
+                tokio::time::timeout(grace, reader.get_mut().write_all(&buf))
+                    .await
+                    .is_ok_and(|r| r.is_ok())
+            } else {
+                let mut write = std::pin::pin!(reader.get_mut().write_all(&buf));
+                let finished = tokio::select! {
+                    r = &mut write => Some(r.is_ok()),
+                    _ = conn.outbox.closing() => None,
+                };
+                match finished {
+                    Some(ok) => ok,
+                    None => tokio::time::timeout(grace, write)
+                        .await
+                        .is_ok_and(|r| r.is_ok()),
+                }
+            };
+            if !written {
+                let closing = conn.outbox.drain_all(&mut frames, &mut pongs).close;
+                return (session, close.or(closing));
             }
             if drained.oldest_publish_us > 0 {
                 herald_hub::metrics::delivery_latency_sampled(
@@ -369,15 +339,19 @@ async fn write_loop(
             }
             buf.clear();
             if buf.capacity() > 64 * 1024 {
-                buf.shrink_to(4096);
+                buf = Vec::new();
             }
         }
         if let Some(c) = close {
-            let _ = io.shutdown().await;
-            break Some(c);
+            let _ = reader.get_mut().shutdown().await;
+            return (session, Some(c));
         }
-    };
-    done.cancel();
-    metrics::closed(&conn.app.id, close_code.as_ref().map(|c| c.code));
-    close_code
+        let mut deadline = last_seen + activity + if pinged { pong_wait } else { Duration::ZERO };
+        if let Some(by) = authorize_by.filter(|_| !conn.is_authorized()) {
+            deadline = deadline.min(by);
+        }
+        if timer.deadline() != deadline {
+            timer.as_mut().reset(deadline);
+        }
+    }
 }
