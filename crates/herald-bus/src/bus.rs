@@ -70,6 +70,12 @@ struct Inner {
     flush_now: Notify,
     /// Serialises topic SUBSCRIBE/UNSUBSCRIBE commands (see `drop_idle_topics`).
     topic_ops: tokio::sync::Mutex<()>,
+    /// When Redis last failed a publish or a connection came back (Unix ms): publishes wait a
+    /// settle period after it, so every node's subscriptions are back before a 200.
+    last_trouble_ms: std::sync::atomic::AtomicU64,
+    /// Reconnections seen; a publish that straddles one answers 503 rather than risk a 200 for a
+    /// message some node missed.
+    reconnects: std::sync::atomic::AtomicU64,
 }
 
 impl std::fmt::Debug for RedisBus {
@@ -121,6 +127,8 @@ impl RedisBus {
             resyncing: AtomicBool::new(false),
             flush_now: Notify::new(),
             topic_ops: tokio::sync::Mutex::new(()),
+            last_trouble_ms: std::sync::atomic::AtomicU64::new(0),
+            reconnects: std::sync::atomic::AtomicU64::new(0),
         });
         // A restarted node with the same id (a StatefulSet pod) waits for its previous life's
         // lease to lapse, clears what that life left behind, then registers.
@@ -144,6 +152,11 @@ impl RedisBus {
 }
 
 impl Inner {
+    /// How long publishes wait after trouble.
+    fn settle(&self) -> Duration {
+        self.cfg.settle
+    }
+
     fn sharded(&self) -> bool {
         self.topology == Topology::Cluster
     }
@@ -591,10 +604,19 @@ async fn reconnect_loop(inner: Arc<Inner>) {
             continue;
         }
         metrics::counter!("herald_bus_reconnects_total").increment(1);
+        inner.reconnects.fetch_add(1, Ordering::AcqRel);
+        inner.last_trouble_ms.store(now_ms(), Ordering::Release);
         inner.resyncing.store(true, Ordering::Release);
         inner.update_ready();
         loop {
-            let resubscribed = inner.subscriber.resubscribe_all().await;
+            // fred re-subscribes what it tracks; the topics map is ours, so subscribe every one
+            // of those again too (subscribing twice is a no-op in Redis).
+            let mut resubscribed = inner.subscriber.resubscribe_all().await;
+            if resubscribed.is_ok() {
+                let _ops = inner.topic_ops.lock().await;
+                let topics: Vec<String> = inner.topics.lock().keys().cloned().collect();
+                resubscribed = inner.subscribe_topics(topics).await;
+            }
             let resynced = match resubscribed {
                 Ok(()) => inner.resync().await,
                 Err(e) => Err(e),
@@ -609,7 +631,7 @@ async fn reconnect_loop(inner: Arc<Inner>) {
         }
         // Drain reconnect notices that arrived meanwhile (their work is done).
         while sub_rx.try_recv().is_ok() || cmd_rx.try_recv().is_ok() {}
-        tokio::time::sleep(inner.cfg.settle).await;
+        tokio::time::sleep(inner.settle()).await;
         inner.resyncing.store(false, Ordering::Release);
         inner.update_ready();
     }
@@ -633,12 +655,23 @@ impl Bus for RedisBus {
     }
 
     async fn publish(&self, msg: BusMessage) -> Result<(), BusError> {
-        check_ready(&self.inner)?;
-        let topic = self.inner.keys.topic(&msg.app_id, &msg.channel);
-        self.inner
-            .publish_raw(topic, wire::encode(&msg))
-            .await
-            .map_err(unavailable)?;
+        let inner = &self.inner;
+        check_ready(inner)?;
+        let settle = inner.settle().as_millis() as u64;
+        if now_ms().saturating_sub(inner.last_trouble_ms.load(Ordering::Acquire)) < settle {
+            return Err(BusError::Unavailable("Redis is recovering; subscriptions are being restored".into()));
+        }
+        let reconnects = inner.reconnects.load(Ordering::Acquire);
+        let topic = inner.keys.topic(&msg.app_id, &msg.channel);
+        if let Err(e) = inner.publish_raw(topic, wire::encode(&msg)).await {
+            inner.last_trouble_ms.store(now_ms(), Ordering::Release);
+            return Err(unavailable(e));
+        }
+        // Give a reconnect notice that raced this command the chance to be seen.
+        tokio::task::yield_now().await;
+        if inner.reconnects.load(Ordering::Acquire) != reconnects {
+            return Err(BusError::Unavailable("Redis reconnected during the publish; retry".into()));
+        }
         metrics::counter!("herald_bus_messages_published_total").increment(1);
         Ok(())
     }

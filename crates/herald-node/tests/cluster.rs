@@ -644,3 +644,62 @@ async fn duplicate_node_ids_are_refused_and_a_graceful_exit_leaves_the_cluster()
     let again = Herald::start_node("twin", "", &bus).await;
     assert_eq!(again.admin_get("/readyz").await.0, 200);
 }
+
+#[tokio::test]
+async fn redis_cluster_master_restart_under_steady_publishing() {
+    let mut cluster = RedisCluster::start().await;
+    let nodes = nodes(2, &bus_cluster(&cluster.urls())).await;
+    let (a, b) = (&nodes[0], &nodes[1]);
+    let mut sub = b.client().await;
+    // Channels spread over the three masters' slots.
+    let channels: Vec<String> = (0..6).map(|i| format!("steady-{i}")).collect();
+    for ch in &channels {
+        sub.subscribe(ch).await;
+    }
+    let mut accepted = Vec::new();
+    let mut refused = 0;
+    let restart = {
+        // Restart master 0 (down for 1 s) while publishing continues.
+        let started = Instant::now();
+        let mut i = 0u32;
+        let mut restarted = false;
+        while started.elapsed() < Duration::from_secs(10) {
+            i += 1;
+            if i == 15 && !restarted {
+                cluster.restart_node(0, Duration::from_secs(1)).await;
+                restarted = true;
+            }
+            let ch = &channels[i as usize % channels.len()];
+            let (s, body) = a.api().trigger(&[ch], "tick", &i.to_string(), None).await;
+            match s {
+                200 => accepted.push(i.to_string()),
+                503 => refused += 1,
+                other => panic!("unexpected status {other}: {body}"),
+            }
+            tokio::time::sleep(Duration::from_millis(40)).await;
+        }
+        restarted
+    };
+    eprintln!("cluster master restart: {} accepted, {refused} refused", accepted.len());
+    assert!(restart);
+    let after = accepted.iter().filter(|v| v.parse::<u32>().unwrap() > 40).count();
+    assert!(after > 10, "publishing resumes after the master is back ({after}; refused {refused})");
+    // Every publish answered 200 was delivered.
+    let mut got = std::collections::HashSet::new();
+    while got.len() < accepted.len() {
+        match sub.next_within(Duration::from_secs(3)).await {
+            Event::Text(v) if v["event"] == "tick" => {
+                got.insert(v["data"].as_str().unwrap().to_owned());
+            }
+            Event::Text(_) => {}
+            other => {
+                let missing: Vec<&String> = accepted.iter().filter(|v| !got.contains(*v)).collect();
+                panic!("after {} of {} deliveries (refused {refused}): {other:?}; missing {missing:?}", got.len(), accepted.len())
+            }
+        }
+    }
+    for v in &accepted {
+        assert!(got.contains(v), "publish {v} was answered 200 but not delivered");
+    }
+    assert_eq!(a.admin_get("/readyz").await.0, 200);
+}
