@@ -659,7 +659,9 @@ impl Bus for RedisBus {
         check_ready(inner)?;
         let settle = inner.settle().as_millis() as u64;
         if now_ms().saturating_sub(inner.last_trouble_ms.load(Ordering::Acquire)) < settle {
-            return Err(BusError::Unavailable("Redis is recovering; subscriptions are being restored".into()));
+            return Err(BusError::Unavailable(
+                "Redis is recovering; subscriptions are being restored".into(),
+            ));
         }
         let reconnects = inner.reconnects.load(Ordering::Acquire);
         let topic = inner.keys.topic(&msg.app_id, &msg.channel);
@@ -670,7 +672,9 @@ impl Bus for RedisBus {
         // Give a reconnect notice that raced this command the chance to be seen.
         tokio::task::yield_now().await;
         if inner.reconnects.load(Ordering::Acquire) != reconnects {
-            return Err(BusError::Unavailable("Redis reconnected during the publish; retry".into()));
+            return Err(BusError::Unavailable(
+                "Redis reconnected during the publish; retry".into(),
+            ));
         }
         metrics::counter!("herald_bus_messages_published_total").increment(1);
         Ok(())
