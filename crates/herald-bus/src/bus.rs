@@ -63,6 +63,8 @@ struct Inner {
     local_counts: DashMap<ChannelKey, usize>,
     /// This node's presence memberships, to write again after Redis lost them.
     local_members: DashMap<(ChannelKey, SocketId), Member>,
+    /// How many of `local_members` each channel has (so flushes need not scan them).
+    member_counts: DashMap<ChannelKey, usize>,
     /// Connections per app counted in Redis (apps with a limit).
     local_connections: DashMap<Arc<str>, u64>,
     ready: AtomicBool,
@@ -122,6 +124,7 @@ impl RedisBus {
             dirty: Mutex::new(HashSet::new()),
             local_counts: DashMap::new(),
             local_members: DashMap::new(),
+            member_counts: DashMap::new(),
             local_connections: DashMap::new(),
             ready: AtomicBool::new(false),
             resyncing: AtomicBool::new(false),
@@ -266,9 +269,8 @@ impl Inner {
                 .map(|c| *c)
                 .unwrap_or(0);
             let holds_members = self
-                .local_members
-                .iter()
-                .any(|e| e.key().0 .0 == app && e.key().0 .1 == channel);
+                .member_counts
+                .contains_key(&(app.clone(), channel.clone()));
             let client = self.client.clone();
             let (subs, app_channels, index, node) = (
                 self.keys.subs(&app, channel.as_str()),
@@ -786,10 +788,14 @@ impl Bus for RedisBus {
         if first < 0 {
             return Ok(PresenceJoin::Full);
         }
-        inner.local_members.insert(
-            ((Arc::from(app_id), channel.clone()), socket),
-            member.clone(),
-        );
+        let key: ChannelKey = (Arc::from(app_id), channel.clone());
+        if inner
+            .local_members
+            .insert((key.clone(), socket), member.clone())
+            .is_none()
+        {
+            *inner.member_counts.entry(key).or_insert(0) += 1;
+        }
         let members = flat
             .chunks(2)
             .filter_map(|kv| match kv {
@@ -814,9 +820,13 @@ impl Bus for RedisBus {
         socket: SocketId,
     ) -> Result<bool, BusError> {
         let inner = &self.inner;
-        inner
-            .local_members
-            .remove(&((Arc::from(app_id), channel.clone()), socket));
+        let key: ChannelKey = (Arc::from(app_id), channel.clone());
+        if inner.local_members.remove(&(key.clone(), socket)).is_some() {
+            inner.member_counts.remove_if_mut(&key, |_, n| {
+                *n -= 1;
+                *n == 0
+            });
+        }
         let keys = inner.keys.channel_keys(app_id, channel.as_str())[..3].to_vec();
         let last: i64 = inner
             .client
