@@ -33,6 +33,9 @@ use crate::{wire, RedisBusConfig};
 
 type ChannelKey = (Arc<str>, ChannelName);
 
+/// Topics per `SUBSCRIBE` when re-subscribing after a reconnect.
+const RESUBSCRIBE_BATCH: usize = 1000;
+
 #[derive(Debug)]
 enum TopicState {
     /// SUBSCRIBE sent; the watch turns true when it is confirmed.
@@ -189,6 +192,20 @@ impl Inner {
         } else {
             self.subscriber.subscribe(topics).await
         }
+    }
+
+    /// Subscribes every topic of the topics map again (after a reconnect; subscribing twice is a
+    /// no-op in Redis). The map is the source of truth, not fred's tracked sets: fred's own
+    /// `resubscribe_all` sends `SUBSCRIBE`/`PSUBSCRIBE` with no arguments when a set is empty,
+    /// and in a cluster that error reply is taken as the answer to the next command on the
+    /// connection, which shifts every later reply by one.
+    async fn resubscribe_all(&self) -> Result<(), Error> {
+        let _ops = self.topic_ops.lock().await;
+        let topics: Vec<String> = self.topics.lock().keys().cloned().collect();
+        for chunk in topics.chunks(RESUBSCRIBE_BATCH) {
+            self.subscribe_topics(chunk.to_vec()).await?;
+        }
+        Ok(())
     }
 
     async fn unsubscribe_topics(&self, topics: Vec<String>) -> Result<(), Error> {
@@ -591,51 +608,60 @@ async fn lease_loop(inner: Arc<Inner>) {
 }
 
 /// After any reconnect: not ready, re-subscribe every topic, write this node's state again,
-/// wait for the other nodes to do the same, then ready again.
+/// wait for the other nodes to do the same, then ready again. Notices are drained before the
+/// work, so a connection that comes back while the work runs gets its own round.
 async fn reconnect_loop(inner: Arc<Inner>) {
     let mut sub_rx = inner.subscriber.reconnect_rx();
     let mut cmd_rx = inner.client.reconnect_rx();
     let mut check = tokio::time::interval(Duration::from_millis(100));
     loop {
-        let reconnected = tokio::select! {
-            r = sub_rx.recv() => r.is_ok(),
-            r = cmd_rx.recv() => r.is_ok(),
-            _ = check.tick() => { inner.update_ready(); false }
+        use tokio::sync::broadcast::error::RecvError;
+        let notice = tokio::select! {
+            r = sub_rx.recv() => Some(r),
+            r = cmd_rx.recv() => Some(r),
+            _ = check.tick() => { inner.update_ready(); None }
         };
-        if !reconnected {
-            continue;
+        match notice {
+            None => continue,
+            // The clients are gone: the bus is shutting down.
+            Some(Err(RecvError::Closed)) => return,
+            Some(_) => {}
         }
-        metrics::counter!("herald_bus_reconnects_total").increment(1);
-        inner.reconnects.fetch_add(1, Ordering::AcqRel);
-        inner.last_trouble_ms.store(now_ms(), Ordering::Release);
         inner.resyncing.store(true, Ordering::Release);
         inner.update_ready();
         loop {
-            // fred re-subscribes what it tracks; the topics map is ours, so subscribe every one
-            // of those again too (subscribing twice is a no-op in Redis).
-            let mut resubscribed = inner.subscriber.resubscribe_all().await;
-            if resubscribed.is_ok() {
-                let _ops = inner.topic_ops.lock().await;
-                let topics: Vec<String> = inner.topics.lock().keys().cloned().collect();
-                resubscribed = inner.subscribe_topics(topics).await;
-            }
-            let resynced = match resubscribed {
+            drain(&mut sub_rx);
+            drain(&mut cmd_rx);
+            metrics::counter!("herald_bus_reconnects_total").increment(1);
+            inner.reconnects.fetch_add(1, Ordering::AcqRel);
+            inner.last_trouble_ms.store(now_ms(), Ordering::Release);
+            let resynced = match inner.resubscribe_all().await {
                 Ok(()) => inner.resync().await,
                 Err(e) => Err(e),
             };
-            match resynced {
-                Ok(()) => break,
-                Err(e) => {
-                    tracing::warn!(error = %e, "restoring bus state after a reconnect failed; retrying");
-                    tokio::time::sleep(inner.cfg.reconnect_delay).await;
-                }
+            if let Err(e) = resynced {
+                tracing::warn!(error = %e, "restoring bus state after a reconnect failed; retrying");
+                tokio::time::sleep(inner.cfg.reconnect_delay).await;
+                continue;
+            }
+            tokio::time::sleep(inner.settle()).await;
+            if sub_rx.is_empty() && cmd_rx.is_empty() {
+                break;
             }
         }
-        // Drain reconnect notices that arrived meanwhile (their work is done).
-        while sub_rx.try_recv().is_ok() || cmd_rx.try_recv().is_ok() {}
-        tokio::time::sleep(inner.settle()).await;
         inner.resyncing.store(false, Ordering::Release);
         inner.update_ready();
+    }
+}
+
+/// Discards pending reconnect notices (lagged ones included).
+fn drain<T: Clone>(rx: &mut tokio::sync::broadcast::Receiver<T>) {
+    use tokio::sync::broadcast::error::TryRecvError;
+    loop {
+        match rx.try_recv() {
+            Ok(_) | Err(TryRecvError::Lagged(_)) => {}
+            Err(TryRecvError::Empty | TryRecvError::Closed) => return,
+        }
     }
 }
 

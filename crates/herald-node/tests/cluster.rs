@@ -644,3 +644,135 @@ async fn duplicate_node_ids_are_refused_and_a_graceful_exit_leaves_the_cluster()
     let again = Herald::start_node("twin", "", &bus).await;
     assert_eq!(again.admin_get("/readyz").await.0, 200);
 }
+
+#[tokio::test]
+async fn redis_cluster_master_restart_under_steady_publishing() {
+    let mut cluster = RedisCluster::start().await;
+    let nodes = nodes(2, &bus_cluster(&cluster.urls())).await;
+    let (a, b) = (&nodes[0], &nodes[1]);
+    let mut sub = b.client().await;
+    // Channels spread over the three masters' slots.
+    let channels: Vec<String> = (0..6).map(|i| format!("steady-{i}")).collect();
+    for ch in &channels {
+        sub.subscribe(ch).await;
+    }
+    let topic = |ch: &str| format!("{{herald:app1:{ch}}}:msg");
+    let subscribers_on = |port: u16, ch: &str| -> u32 {
+        let out = common::redis::cli(port, &["PUBSUB", "SHARDNUMSUB", &topic(ch)]);
+        out.lines()
+            .nth(1)
+            .and_then(|n| n.trim().parse().ok())
+            .unwrap_or(0)
+    };
+    // The channels whose shard is the master that will be restarted.
+    let on_restarted: Vec<&String> = channels
+        .iter()
+        .filter(|ch| subscribers_on(cluster.ports[0], ch) == 1)
+        .collect();
+    assert!(!on_restarted.is_empty(), "some channels live on master 0");
+    let mut accepted = Vec::new();
+    let mut refused = 0;
+    let mut timeline = Vec::new();
+    let restart = {
+        // Restart master 0 (down for 1 s) while publishing continues.
+        let started = Instant::now();
+        let mut i = 0u32;
+        let mut restarted = false;
+        while started.elapsed() < Duration::from_secs(10) {
+            i += 1;
+            if i == 15 && !restarted {
+                timeline.push(format!("{} kill master 0", wall_ms()));
+                cluster.restart_node(0, Duration::from_secs(1)).await;
+                timeline.push(format!("{} cluster ok", wall_ms()));
+                restarted = true;
+            }
+            let ch = &channels[i as usize % channels.len()];
+            let (s, body) = a.api().trigger(&[ch], "tick", &i.to_string(), None).await;
+            timeline.push(format!("{} #{i} {ch} {s}", wall_ms()));
+            match s {
+                200 => accepted.push(i.to_string()),
+                503 => refused += 1,
+                other => panic!("unexpected status {other}: {body}"),
+            }
+            tokio::time::sleep(Duration::from_millis(40)).await;
+        }
+        restarted
+    };
+    eprintln!(
+        "cluster master restart: {} accepted, {refused} refused",
+        accepted.len()
+    );
+    assert!(restart);
+    let after = accepted
+        .iter()
+        .filter(|v| v.parse::<u32>().unwrap() > 40)
+        .count();
+    assert!(
+        after > 10,
+        "publishing resumes after the master is back ({after}; refused {refused})"
+    );
+    let resumed_on_restarted = accepted
+        .iter()
+        .filter(|v| {
+            let i: usize = v.parse().unwrap();
+            i > 15 && on_restarted.contains(&&channels[i % channels.len()])
+        })
+        .count();
+    assert!(
+        resumed_on_restarted > 5,
+        "publishes to the restarted master's channels were accepted again ({resumed_on_restarted})"
+    );
+    // Every publish answered 200 was delivered, in order per channel.
+    let mut got = std::collections::HashSet::new();
+    let mut last: std::collections::HashMap<String, u32> = Default::default();
+    while got.len() < accepted.len() {
+        match sub.next_within(Duration::from_secs(3)).await {
+            Event::Text(v) if v["event"] == "tick" => {
+                let data = v["data"].as_str().unwrap().to_owned();
+                let n: u32 = data.parse().unwrap();
+                let ch = v["channel"].as_str().unwrap().to_owned();
+                let prev = last.insert(ch.clone(), n).unwrap_or(0);
+                assert!(n > prev, "{ch}: {n} after {prev}");
+                got.insert(data);
+            }
+            Event::Text(_) => {}
+            other => {
+                let missing: Vec<&String> = accepted.iter().filter(|v| !got.contains(*v)).collect();
+                eprintln!("timeline:\n{}", timeline.join("\n"));
+                for p in &cluster.ports {
+                    eprintln!(
+                        "redis {p}: {}",
+                        common::redis::cli(*p, &["CLIENT", "LIST", "TYPE", "pubsub"])
+                    );
+                    for ch in &channels {
+                        eprintln!("  {}: {}", topic(ch), subscribers_on(*p, ch));
+                    }
+                }
+                panic!(
+                    "after {} of {} deliveries (refused {refused}): {other:?}; missing {missing:?}",
+                    got.len(),
+                    accepted.len()
+                )
+            }
+        }
+    }
+    for v in &accepted {
+        assert!(
+            got.contains(v),
+            "publish {v} was answered 200 but not delivered"
+        );
+    }
+    // The restarted master has the subscriber node's subscriptions again.
+    for ch in &on_restarted {
+        assert_eq!(subscribers_on(cluster.ports[0], ch), 1, "{ch}");
+    }
+    assert_eq!(a.admin_get("/readyz").await.0, 200);
+    assert_eq!(b.admin_get("/readyz").await.0, 200);
+}
+
+fn wall_ms() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis()
+}

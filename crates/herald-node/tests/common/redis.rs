@@ -241,6 +241,29 @@ fn spawn_cluster_node(port: u16, dir: &std::path::Path) -> Child {
     )
 }
 
+impl RedisCluster {
+    /// Kills master `i` (SIGKILL: its data is gone) and starts it again, empty, with its
+    /// cluster identity and slots; waits until the cluster is healthy again.
+    pub async fn restart_node(&mut self, i: usize, down_for: Duration) {
+        let _ = self.children[i].kill();
+        let _ = self.children[i].wait();
+        tokio::time::sleep(down_for).await;
+        let port = self.ports[i];
+        self.children[i] = spawn_cluster_node(port, &self.dir.0.join(port.to_string()));
+        for _ in 0..400 {
+            if self
+                .ports
+                .iter()
+                .all(|p| cli(*p, &["CLUSTER", "INFO"]).contains("cluster_state:ok"))
+            {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("redis cluster did not recover");
+    }
+}
+
 impl Drop for RedisCluster {
     fn drop(&mut self) {
         for c in &mut self.children {
