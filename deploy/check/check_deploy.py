@@ -108,7 +108,7 @@ CONFIG_CONTRACT = {
     },
     "bus": {
         "driver": str, "url": str, "cluster_urls": list, "sentinel_urls": list,
-        "sentinel_master": str, "key_prefix": str,
+        "sentinel_master": str, "key_prefix": str, "tls_ca_file": str,
     },
     "tls": {"cert": str, "key": str},
 }
@@ -304,6 +304,9 @@ def check_helm(rep: Report, manifests: dict[str, list[dict]]) -> None:
                                       "autoscaling": {"enabled": True}}, "needs Redis"),
         "redis.mode external without url": ({"redis": {"mode": "external"}}, "redis.url"),
         "tls.enabled without secretName": ({"tls": {"enabled": True}}, "tls.secretName"),
+        "redis.caSecret with the bundled Redis": ({"redis": {"caSecret": "ca"}}, "caSecret"),
+        "redis.caSecret with a redis:// url": ({"redis": {"mode": "external", "url": "redis://r:6379",
+                                                          "caSecret": "ca"}}, "not rediss://"),
         "drain window beyond deadline": ({"drain": {"windowSeconds": 40, "deadlineSeconds": 30}}, "drain"),
     }
     for label, (values, needle) in must_fail.items():
@@ -346,6 +349,16 @@ def statefulset_problems(sts: dict, values: dict) -> list[str]:
         problems.append(f"args {main.get('args')} do not pass --config /etc/herald/herald.toml")
     if not main.get("lifecycle", {}).get("preStop", {}).get("exec"):
         problems.append("no preStop exec hook")
+    ca_secret = values.get("redis", {}).get("caSecret")
+    if ca_secret:
+        vols = {v["name"]: v for v in pod.get("volumes", [])}
+        mounts = {m["name"]: m["mountPath"] for m in main.get("volumeMounts", [])}
+        secret = vols.get("redis-ca", {}).get("secret", {})
+        items = {i["key"]: i["path"] for i in secret.get("items", [])}
+        if secret.get("secretName") != ca_secret or \
+                items.get(values["redis"]["caSecretKey"]) != "ca.pem" or \
+                mounts.get("redis-ca") != "/etc/herald/redis-ca":
+            problems.append("redis.caSecret is not mounted as /etc/herald/redis-ca/ca.pem")
     return problems
 
 
@@ -366,6 +379,8 @@ def chart_config_expectations(values: dict, text: str) -> list[str]:
     if mode == "external" and values["redis"]["url"] and not values["redis"]["existingSecret"] \
             and bus.get("url") != values["redis"]["url"]:
         problems.append("external url not rendered")
+    if bool(values["redis"]["caSecret"]) != ("tls_ca_file" in bus):
+        problems.append("bus.tls_ca_file does not follow redis.caSecret")
     if values["tls"]["enabled"] != ("tls" in cfg):
         problems.append("[tls] section does not follow tls.enabled")
     server = cfg.get("server", {})

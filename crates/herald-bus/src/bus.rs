@@ -95,6 +95,19 @@ fn unavailable(e: impl std::fmt::Display) -> BusError {
     BusError::Unavailable(e.to_string())
 }
 
+/// A failed first connection, with a hint when the cause is an untrusted TLS certificate.
+fn connect_error(e: Error) -> BusError {
+    let text = e.to_string();
+    if text.contains("InvalidCertificate") {
+        BusError::Unavailable(format!(
+            "{text}: the Redis server's TLS certificate is not trusted; \
+             set bus.tls_ca_file to the CA that signed it"
+        ))
+    } else {
+        BusError::Unavailable(text)
+    }
+}
+
 fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -114,8 +127,8 @@ impl RedisBus {
     pub async fn connect(cfg: RedisBusConfig) -> Result<Self, BusError> {
         let (client, subscriber, topology) =
             connect::build(&cfg).map_err(|e| BusError::Backend(e.to_string()))?;
-        client.init().await.map_err(unavailable)?;
-        subscriber.init().await.map_err(unavailable)?;
+        client.init().await.map_err(connect_error)?;
+        subscriber.init().await.map_err(connect_error)?;
         let inner = Arc::new(Inner {
             keys: Keys::new(&cfg.key_prefix),
             cfg,

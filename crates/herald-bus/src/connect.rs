@@ -1,11 +1,18 @@
 //! Building fred clients from Herald's bus settings: one Redis, Redis Cluster, or Sentinel,
 //! with `rediss://` TLS and credentials taken from the URLs.
 
+use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use fred::clients::SubscriberClient;
 use fred::prelude::*;
-use fred::types::config::{ClusterDiscoveryPolicy, Server};
+use fred::types::config::{ClusterDiscoveryPolicy, Server, TlsConnector};
+use tokio_rustls::rustls::{
+    self,
+    pki_types::{pem::PemObject, CertificateDer},
+    RootCertStore,
+};
 
 use crate::RedisBusConfig;
 
@@ -83,9 +90,60 @@ pub fn fred_config(cfg: &RedisBusConfig) -> Result<(Config, Topology), Error> {
     Ok((Config::from_url_centralized(url)?, Topology::Single))
 }
 
+/// TLS for `rediss://`: the system's roots plus the CA certificates of `ca_file` (a Redis whose
+/// certificate a private CA signed), with the ring provider.
+fn rustls_connector(ca_file: Option<&Path>) -> Result<TlsConnector, Error> {
+    let tls_error = |msg: String| Error::new(ErrorKind::Tls, msg);
+    let mut roots = RootCertStore::empty();
+    let native = rustls_native_certs::load_native_certs();
+    for e in &native.errors {
+        tracing::warn!(error = %e, "loading the system's CA certificates");
+    }
+    let (_, unusable) = roots.add_parsable_certificates(native.certs);
+    if unusable > 0 {
+        tracing::debug!(unusable, "system CA certificates skipped");
+    }
+    if let Some(path) = ca_file {
+        let certs = CertificateDer::pem_file_iter(path)
+            .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+            .map_err(|e| tls_error(format!("bus.tls_ca_file {}: {e}", path.display())))?;
+        if certs.is_empty() {
+            return Err(tls_error(format!(
+                "bus.tls_ca_file {}: no certificate in it",
+                path.display()
+            )));
+        }
+        for cert in certs {
+            roots
+                .add(cert)
+                .map_err(|e| tls_error(format!("bus.tls_ca_file {}: {e}", path.display())))?;
+        }
+    }
+    if roots.is_empty() {
+        return Err(tls_error(
+            "no CA certificate to verify Redis with: set bus.tls_ca_file".into(),
+        ));
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| tls_error(e.to_string()))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(config.into())
+}
+
 /// A command client and a subscriber client, not yet connected.
 pub fn build(cfg: &RedisBusConfig) -> Result<(Client, SubscriberClient, Topology), Error> {
     let (mut config, topology) = fred_config(cfg)?;
+    if config.tls.is_some() {
+        config.tls = Some(rustls_connector(cfg.tls_ca_file.as_deref())?.into());
+    } else if cfg.tls_ca_file.is_some() {
+        return Err(Error::new(
+            ErrorKind::Config,
+            "bus.tls_ca_file is set but the Redis URL is not rediss://",
+        ));
+    }
     config.fail_fast = true;
     let mut builder = Builder::from_config(config);
     builder
@@ -111,6 +169,28 @@ pub fn build(cfg: &RedisBusConfig) -> Result<(Client, SubscriberClient, Topology
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tls_ca_file_needs_rediss_and_a_readable_pem() {
+        let mut c = cfg();
+        c.url = Some("redis://127.0.0.1:6379".into());
+        c.tls_ca_file = Some("/nonexistent/ca.pem".into());
+        let e = build(&c).expect_err("a CA without TLS is a mistake");
+        assert!(e.details().contains("not rediss://"), "{e}");
+
+        c.url = Some("rediss://127.0.0.1:6379".into());
+        let e = build(&c).expect_err("missing CA file");
+        assert!(e.details().contains("/nonexistent/ca.pem"), "{e}");
+
+        let dir = std::env::temp_dir().join(format!("herald-ca-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let empty = dir.join("empty.pem");
+        std::fs::write(&empty, "not a certificate\n").expect("write");
+        c.tls_ca_file = Some(empty);
+        let e = build(&c).expect_err("no certificate in the file");
+        assert!(e.details().contains("no certificate"), "{e}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 
     fn cfg() -> RedisBusConfig {
         RedisBusConfig::new("n1")

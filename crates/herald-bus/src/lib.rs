@@ -29,6 +29,8 @@ pub struct RedisBusConfig {
     pub cluster_urls: Vec<String>,
     pub sentinel_urls: Vec<String>,
     pub sentinel_master: Option<String>,
+    /// CA certificates (PEM) trusted for `rediss://`, besides the system's roots.
+    pub tls_ca_file: Option<std::path::PathBuf>,
     /// Prefix of every key and topic.
     pub key_prefix: String,
     /// This node's id (the pod name in a StatefulSet).
@@ -54,6 +56,7 @@ impl RedisBusConfig {
             cluster_urls: Vec::new(),
             sentinel_urls: Vec::new(),
             sentinel_master: None,
+            tls_ca_file: None,
             key_prefix: "herald".into(),
             node_id: node_id.to_owned(),
             lease: Duration::from_secs(10),

@@ -91,6 +91,9 @@ pub struct BusConfig {
     pub sentinel_urls: Vec<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub sentinel_master: Option<String>,
+    /// CA certificates (PEM) trusted for `rediss://` besides the system's (a private CA).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_ca_file: Option<String>,
     /// Prefix of every Redis key and topic, so several Herald clusters can share one Redis.
     pub key_prefix: String,
     /// Seconds a node's lease lives without renewal.
@@ -105,6 +108,7 @@ impl Default for BusConfig {
             cluster_urls: Vec::new(),
             sentinel_urls: Vec::new(),
             sentinel_master: None,
+            tls_ca_file: None,
             key_prefix: "herald".into(),
             lease_seconds: 10,
         }

@@ -228,6 +228,7 @@ fn redis_bus_config(config: &Config, node_id: &str) -> herald_bus::RedisBusConfi
     cfg.cluster_urls = config.bus.cluster_urls.clone();
     cfg.sentinel_urls = config.bus.sentinel_urls.clone();
     cfg.sentinel_master = config.bus.sentinel_master.clone();
+    cfg.tls_ca_file = config.bus.tls_ca_file.as_ref().map(Into::into);
     cfg.key_prefix = config.bus.key_prefix.clone();
     cfg.lease = Duration::from_millis((config.bus.lease_seconds * 1000).max(1000));
     cfg

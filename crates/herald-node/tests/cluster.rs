@@ -6,7 +6,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::redis::{Redis, RedisCluster};
+use common::redis::{Redis, RedisCluster, RedisTls};
 use common::*;
 use serde_json::json;
 
@@ -94,6 +94,61 @@ async fn fan_out_routing_and_exclusion_redis_cluster() {
     let cluster = RedisCluster::start().await;
     let nodes = nodes(3, &bus_cluster(&cluster.urls())).await;
     fan_out_across_nodes(&nodes, |t| cluster.shardnumsub(t)).await;
+}
+
+/// `rediss://`: three nodes on a Redis that speaks only TLS, its certificate signed by a private
+/// CA named in `bus.tls_ca_file`. The same fan-out, exclusion and routing checks as above; a
+/// node that does not trust the CA refuses to start and says why.
+#[tokio::test]
+async fn fan_out_over_tls_with_a_private_ca() {
+    let redis = RedisTls::start().await;
+    let bus = |ca: &str| {
+        format!(
+            "[bus]\ndriver = \"redis\"\nurl = \"{}\"\n{ca}lease_seconds = {LEASE}\n{}",
+            redis.url(),
+            default_apps()
+        )
+    };
+    let trusted = bus(&format!("tls_ca_file = {:?}\n", redis.ca_file()));
+    let nodes = nodes(3, &trusted).await;
+    fan_out_across_nodes(&nodes, |t| {
+        redis
+            .cli(&["PUBSUB", "NUMSUB", t])
+            .lines()
+            .nth(1)
+            .and_then(|n| n.trim().parse().ok())
+            .unwrap_or(0)
+    })
+    .await;
+
+    let dir = tempdir::Dir::new();
+    let cfg = dir.0.join("untrusting.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[server]\nlisten = \"127.0.0.1:{}\"\nadmin_listen = \"127.0.0.1:{}\"\nnode_id = \"untrusting\"\n{}",
+            free_port(),
+            free_port(),
+            bus("")
+        ),
+    )
+    .unwrap();
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_herald"))
+            .arg("--config")
+            .arg(&cfg)
+            .env("RUST_LOG", "error")
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("certificate is not trusted") && stderr.contains("bus.tls_ca_file"),
+        "{stderr}"
+    );
 }
 
 async fn presence_and_client_events_across_nodes(nodes: &[Herald]) {

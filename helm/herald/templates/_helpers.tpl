@@ -100,6 +100,12 @@ app.kubernetes.io/part-of: herald
 {{- if and (eq $mode "cluster") (empty .Values.redis.cluster.urls) }}
 {{- fail "\n\nherald: redis.mode=cluster needs redis.cluster.urls (seed nodes, redis://host:6379)." }}
 {{- end }}
+{{- if and .Values.redis.caSecret (or (eq $mode "none") (eq $mode "bundled")) }}
+{{- fail (printf "\n\nherald: redis.caSecret is for a Redis reached over TLS (rediss://) in modes external, sentinel or cluster; redis.mode=%s has none." $mode) }}
+{{- end }}
+{{- if and .Values.redis.caSecret (eq $mode "external") .Values.redis.url (not (hasPrefix "rediss://" .Values.redis.url)) }}
+{{- fail "\n\nherald: redis.caSecret is set but redis.url is not rediss:// (the CA is only used for TLS)." }}
+{{- end }}
 {{- if and .Values.tls.enabled (not .Values.tls.secretName) }}
 {{- fail "\n\nherald: tls.enabled=true needs tls.secretName (a kubernetes.io/tls Secret with tls.crt and tls.key)." }}
 {{- end }}
@@ -155,6 +161,9 @@ sentinel_master = {{ .Values.redis.sentinel.masterName | toJson }}
 {{- else if eq $mode "cluster" }}
 cluster_urls = {{ .Values.redis.cluster.urls | toJson }}
 {{- end }}
+{{- end }}
+{{- if .Values.redis.caSecret }}
+tls_ca_file = "/etc/herald/redis-ca/ca.pem"
 {{- end }}
 key_prefix = {{ .Values.redis.keyPrefix | toJson }}
 {{- if .Values.tls.enabled }}

@@ -285,3 +285,83 @@ impl Drop for Sentinel {
         let _ = self.child.wait();
     }
 }
+
+/// A `redis-server` that speaks only TLS, its certificate (for 127.0.0.1) signed by a private CA
+/// made for the test.
+pub struct RedisTls {
+    pub port: u16,
+    child: Child,
+    dir: tempdir::Dir,
+}
+
+impl RedisTls {
+    pub async fn start() -> RedisTls {
+        use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
+        let dir = tempdir::Dir::new();
+        let ca_key = KeyPair::generate().unwrap();
+        let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca.distinguished_name
+            .push(DnType::CommonName, "Herald test CA");
+        let ca_cert = ca.self_signed(&ca_key).unwrap();
+        let issuer = Issuer::new(ca, ca_key);
+        let server_key = KeyPair::generate().unwrap();
+        let server = CertificateParams::new(vec!["127.0.0.1".to_owned()])
+            .unwrap()
+            .signed_by(&server_key, &issuer)
+            .unwrap();
+        std::fs::write(dir.0.join("ca.pem"), ca_cert.pem()).unwrap();
+        std::fs::write(dir.0.join("server.pem"), server.pem()).unwrap();
+        std::fs::write(dir.0.join("server.key"), server_key.serialize_pem()).unwrap();
+
+        let port = free_port();
+        let path = |f: &str| dir.0.join(f).to_str().unwrap().to_owned();
+        let child = Command::new("redis-server")
+            .args(["--port", "0", "--tls-port", &port.to_string()])
+            .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .args(["--dir", dir.0.to_str().unwrap()])
+            .args(["--tls-cert-file", &path("server.pem")])
+            .args(["--tls-key-file", &path("server.key")])
+            .args(["--tls-ca-cert-file", &path("ca.pem")])
+            .args(["--tls-auth-clients", "no"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server starts");
+        let redis = RedisTls { port, child, dir };
+        for _ in 0..200 {
+            if redis.cli(&["PING"]) == "PONG" {
+                return redis;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        panic!("redis (TLS) on {port} did not answer");
+    }
+
+    /// The test CA's certificate (PEM).
+    pub fn ca_file(&self) -> std::path::PathBuf {
+        self.dir.0.join("ca.pem")
+    }
+
+    pub fn url(&self) -> String {
+        format!("rediss://127.0.0.1:{}", self.port)
+    }
+
+    /// `redis-cli` over TLS, verifying the server with the test CA.
+    pub fn cli(&self, args: &[&str]) -> String {
+        let out = Command::new("redis-cli")
+            .args(["--tls", "--cacert", self.ca_file().to_str().unwrap()])
+            .args(["-h", "127.0.0.1", "-p", &self.port.to_string()])
+            .args(args)
+            .output()
+            .expect("redis-cli runs");
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    }
+}
+
+impl Drop for RedisTls {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
