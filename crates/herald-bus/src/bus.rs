@@ -73,6 +73,8 @@ struct Inner {
     ready: AtomicBool,
     resyncing: AtomicBool,
     flush_now: Notify,
+    /// Redis Cluster slots changed hands: subscribe every topic again (see `topology_loop`).
+    topology_changed: Notify,
     /// Serialises topic SUBSCRIBE/UNSUBSCRIBE commands (see `drop_idle_topics`).
     topic_ops: tokio::sync::Mutex<()>,
     /// When Redis last failed a publish or a connection came back (Unix ms): publishes wait a
@@ -145,6 +147,7 @@ impl RedisBus {
             ready: AtomicBool::new(false),
             resyncing: AtomicBool::new(false),
             flush_now: Notify::new(),
+            topology_changed: Notify::new(),
             topic_ops: tokio::sync::Mutex::new(()),
             last_trouble_ms: std::sync::atomic::AtomicU64::new(0),
             reconnects: std::sync::atomic::AtomicU64::new(0),
@@ -158,6 +161,9 @@ impl RedisBus {
         tokio::spawn(flush_loop(inner.clone()));
         tokio::spawn(lease_loop(inner.clone()));
         tokio::spawn(reconnect_loop(inner.clone()));
+        if inner.sharded() {
+            tokio::spawn(topology_loop(inner.clone()));
+        }
         inner.ready.store(true, Ordering::Release);
         metrics::gauge!("herald_bus_connected").set(1.0);
         tracing::info!(node = %inner.cfg.node_id, topology = ?inner.topology, "cluster bus connected");
@@ -630,8 +636,9 @@ async fn reconnect_loop(inner: Arc<Inner>) {
     loop {
         use tokio::sync::broadcast::error::RecvError;
         let notice = tokio::select! {
-            r = sub_rx.recv() => Some(r),
-            r = cmd_rx.recv() => Some(r),
+            r = sub_rx.recv() => Some(r.map(|_| ())),
+            r = cmd_rx.recv() => Some(r.map(|_| ())),
+            _ = inner.topology_changed.notified() => Some(Ok(())),
             _ = check.tick() => { inner.update_ready(); None }
         };
         match notice {
@@ -664,6 +671,62 @@ async fn reconnect_loop(inner: Arc<Inner>) {
         }
         inner.resyncing.store(false, Ordering::Release);
         inner.update_ready();
+    }
+}
+
+/// Redis Cluster: who serves which slots.
+fn slot_owners(routing: Option<fred::types::cluster::ClusterRouting>) -> Vec<(u16, u16, String)> {
+    routing
+        .map(|r| {
+            r.slots()
+                .iter()
+                .map(|s| (s.start, s.end, s.primary.to_string()))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Redis Cluster: a failover or a slot migration moves slots to another master while every
+/// connection stays up, and Redis drops the sharded subscriptions of the moved slots (the
+/// `SUNSUBSCRIBE` it pushes is swallowed by fred). So the subscriber's slot map is refreshed every
+/// `topology_check`, and the command client's changes (after a `MOVED`) are watched too; when
+/// the owners change, publishes wait a settle period and every topic is subscribed again.
+async fn topology_loop(inner: Arc<Inner>) {
+    use tokio::sync::broadcast::error::RecvError;
+    let mut sub_changes = inner.subscriber.cluster_change_rx();
+    let mut cmd_changes = inner.client.cluster_change_rx();
+    let mut tick = tokio::time::interval(inner.cfg.topology_check);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut known = (
+        slot_owners(inner.subscriber.cached_cluster_state()),
+        slot_owners(inner.client.cached_cluster_state()),
+    );
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {
+                if inner.subscriber.is_connected() {
+                    if let Err(e) = inner.subscriber.sync_cluster().await {
+                        tracing::debug!(error = %e, "refreshing the Redis Cluster slot map failed");
+                    }
+                }
+            }
+            r = sub_changes.recv() => if matches!(r, Err(RecvError::Closed)) { return },
+            r = cmd_changes.recv() => if matches!(r, Err(RecvError::Closed)) { return },
+        }
+        let now = (
+            slot_owners(inner.subscriber.cached_cluster_state()),
+            slot_owners(inner.client.cached_cluster_state()),
+        );
+        // An empty map is a client between connections; the reconnect handles that.
+        if now.0.is_empty() || now.1.is_empty() || now == known {
+            continue;
+        }
+        known = now;
+        tracing::info!("Redis Cluster slots changed hands; subscribing every topic again");
+        metrics::counter!("herald_bus_topology_changes_total").increment(1);
+        inner.reconnects.fetch_add(1, Ordering::AcqRel);
+        inner.last_trouble_ms.store(now_ms(), Ordering::Release);
+        inner.topology_changed.notify_one();
     }
 }
 

@@ -97,6 +97,10 @@ fn describe() {
         "herald_bus_reconnects_total",
         "Reconnections of the bus to Redis"
     );
+    describe_counter!(
+        "herald_bus_topology_changes_total",
+        "Redis Cluster slot moves (failover, resharding) after which every topic was subscribed again"
+    );
     describe_gauge!(
         "herald_bus_connected",
         "1 when the bus is connected and its subscriptions restored"
@@ -153,6 +157,7 @@ pub fn register_zeroes(apps: &[String], max_connections: u64, in_process_bus: bo
     counter!("herald_bus_messages_published_total").absolute(0);
     counter!("herald_bus_messages_received_total").absolute(0);
     counter!("herald_bus_reconnects_total").absolute(0);
+    counter!("herald_bus_topology_changes_total").absolute(0);
     gauge!("herald_bus_topics").set(0.0);
     gauge!("herald_draining").set(0.0);
     counter!("herald_webhooks_sent_total", "outcome" => "delivered").absolute(0);

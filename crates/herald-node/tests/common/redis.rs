@@ -365,3 +365,59 @@ impl Drop for RedisTls {
         let _ = self.child.wait();
     }
 }
+
+impl RedisCluster {
+    /// Starts one more node as a replica of master `i`; returns its index in `ports`.
+    pub async fn add_replica_of(&mut self, i: usize) -> usize {
+        let port = free_port();
+        let node_dir = self.dir.0.join(port.to_string());
+        std::fs::create_dir_all(&node_dir).unwrap();
+        self.children.push(spawn_cluster_node(port, &node_dir));
+        wait_ping(port).await;
+        let master_id = cli(self.ports[i], &["CLUSTER", "MYID"]);
+        let out = Command::new("redis-cli")
+            .args(["--cluster", "add-node"])
+            .arg(format!("127.0.0.1:{port}"))
+            .arg(format!("127.0.0.1:{}", self.ports[i]))
+            .args(["--cluster-slave", "--cluster-master-id", &master_id])
+            .output()
+            .expect("redis-cli --cluster add-node");
+        assert!(
+            out.status.success(),
+            "add-node failed: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        self.ports.push(port);
+        for _ in 0..400 {
+            let info = cli(port, &["INFO", "replication"]);
+            if info.contains("master_link_status:up")
+                && self
+                    .ports
+                    .iter()
+                    .all(|p| cli(*p, &["CLUSTER", "INFO"]).contains("cluster_state:ok"))
+            {
+                return self.ports.len() - 1;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("replica did not sync");
+    }
+
+    /// `CLUSTER FAILOVER` on replica `j`: it becomes the master, the old master a replica (it
+    /// stays up and drops its sharded subscribers for the slots it gave away).
+    pub async fn failover_to(&self, j: usize) {
+        assert_eq!(cli(self.ports[j], &["CLUSTER", "FAILOVER"]), "OK");
+        for _ in 0..400 {
+            if cli(self.ports[j], &["ROLE"]).starts_with("master")
+                && self
+                    .ports
+                    .iter()
+                    .all(|p| cli(*p, &["CLUSTER", "INFO"]).contains("cluster_state:ok"))
+            {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("failover did not complete");
+    }
+}
