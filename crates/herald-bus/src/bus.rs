@@ -18,6 +18,7 @@ use bytes::Bytes;
 use dashmap::DashMap;
 use fred::clients::SubscriberClient;
 use fred::prelude::*;
+use fred::types::config::Server;
 use fred::types::{Expiration, SetOptions};
 use herald_hub::{Bus, BusError, BusMessage, BusPayload, BusSink, ChannelStats, PresenceJoin};
 use herald_protocol::presence::Member;
@@ -32,6 +33,9 @@ use crate::scripts;
 use crate::{wire, RedisBusConfig};
 
 type ChannelKey = (Arc<str>, ChannelName);
+
+/// A Redis Cluster slot map: (first slot, last slot, master).
+type SlotOwners = Vec<(u16, u16, Server)>;
 
 /// Topics per `SUBSCRIBE` when re-subscribing after a reconnect.
 const RESUBSCRIBE_BATCH: usize = 1000;
@@ -75,6 +79,11 @@ struct Inner {
     flush_now: Notify,
     /// Redis Cluster slots changed hands: subscribe every topic again (see `topology_loop`).
     topology_changed: Notify,
+    /// Set with `topology_changed`, cleared when a round of re-subscription starts.
+    topology_dirty: AtomicBool,
+    /// The command client's slot map as `topology_loop` last handled it: a publish that finds
+    /// its slot served by another master went where subscriptions may not be back yet.
+    handled_owners: parking_lot::RwLock<SlotOwners>,
     /// Serialises topic SUBSCRIBE/UNSUBSCRIBE commands (see `drop_idle_topics`).
     topic_ops: tokio::sync::Mutex<()>,
     /// When Redis last failed a publish or a connection came back (Unix ms): publishes wait a
@@ -95,6 +104,38 @@ impl std::fmt::Debug for RedisBus {
 
 fn unavailable(e: impl std::fmt::Display) -> BusError {
     BusError::Unavailable(e.to_string())
+}
+
+/// Builds and connects the two clients, with fresh clients for each attempt, trying again for
+/// `startup_wait` while the failure may pass (Redis starting, a cluster forming); errors that
+/// will not pass (certificate, authentication, configuration) end it at once.
+async fn connect_until(
+    cfg: &RedisBusConfig,
+) -> Result<(Client, SubscriberClient, Topology), BusError> {
+    let deadline = Instant::now() + cfg.startup_wait;
+    loop {
+        let (client, subscriber, topology) =
+            connect::build(cfg).map_err(|e| BusError::Backend(e.to_string()))?;
+        let attempt = async {
+            client.init().await?;
+            subscriber.init().await?;
+            Ok::<(), Error>(())
+        };
+        let e = match attempt.await {
+            Ok(()) => return Ok((client, subscriber, topology)),
+            Err(e) => e,
+        };
+        let lasting = matches!(
+            e.kind(),
+            ErrorKind::Auth | ErrorKind::Config | ErrorKind::Url | ErrorKind::Tls
+        ) || e.to_string().contains("Certificate");
+        if lasting || Instant::now() + cfg.reconnect_delay >= deadline {
+            return Err(connect_error(e));
+        }
+        tracing::warn!(error = %e, "Redis is not reachable yet; retrying");
+        drop((client, subscriber));
+        tokio::time::sleep(cfg.reconnect_delay).await;
+    }
 }
 
 /// A failed first connection, with a hint when the cause is an untrusted TLS certificate.
@@ -127,10 +168,7 @@ fn now_us() -> u64 {
 impl RedisBus {
     /// Connects to Redis and starts the bus's background tasks.
     pub async fn connect(cfg: RedisBusConfig) -> Result<Self, BusError> {
-        let (client, subscriber, topology) =
-            connect::build(&cfg).map_err(|e| BusError::Backend(e.to_string()))?;
-        client.init().await.map_err(connect_error)?;
-        subscriber.init().await.map_err(connect_error)?;
+        let (client, subscriber, topology) = connect_until(&cfg).await?;
         let inner = Arc::new(Inner {
             keys: Keys::new(&cfg.key_prefix),
             cfg,
@@ -148,6 +186,8 @@ impl RedisBus {
             resyncing: AtomicBool::new(false),
             flush_now: Notify::new(),
             topology_changed: Notify::new(),
+            topology_dirty: AtomicBool::new(false),
+            handled_owners: parking_lot::RwLock::new(Vec::new()),
             topic_ops: tokio::sync::Mutex::new(()),
             last_trouble_ms: std::sync::atomic::AtomicU64::new(0),
             reconnects: std::sync::atomic::AtomicU64::new(0),
@@ -157,6 +197,7 @@ impl RedisBus {
         inner.wait_for_own_lease().await?;
         inner.reap(&inner.cfg.node_id).await;
         inner.renew_lease().await.map_err(unavailable)?;
+        *inner.handled_owners.write() = slot_owners(inner.client.cached_cluster_state());
         tokio::spawn(receive_loop(inner.clone()));
         tokio::spawn(flush_loop(inner.clone()));
         tokio::spawn(lease_loop(inner.clone()));
@@ -190,13 +231,20 @@ impl Inner {
         format!("{}|{}", self.cfg.node_id, socket)
     }
 
-    async fn publish_raw(&self, topic: String, payload: Bytes) -> Result<(), Error> {
+    /// Publishes on a topic; the receiver count is of the Redis node that took it.
+    async fn publish_raw(&self, topic: String, payload: Bytes) -> Result<i64, Error> {
         if self.sharded() {
-            let _: i64 = self.client.spublish(topic, payload).await?;
+            self.client.spublish(topic, payload).await
         } else {
-            let _: i64 = self.client.publish(topic, payload).await?;
+            self.client.publish(topic, payload).await
         }
-        Ok(())
+    }
+
+    /// The master serving `slot` in the command client's slot map.
+    fn client_owner(&self, slot: u16) -> Option<Server> {
+        self.client
+            .cached_cluster_state()
+            .and_then(|r| r.get_server(slot).cloned())
     }
 
     async fn subscribe_topics(&self, topics: Vec<String>) -> Result<(), Error> {
@@ -225,6 +273,16 @@ impl Inner {
             self.subscribe_topics(chunk.to_vec()).await?;
         }
         Ok(())
+    }
+
+    /// Whether the master now serving `slot` (in the command client's map, updated on `MOVED`)
+    /// is the one `topology_loop` last handled, i.e. every node has subscribed there.
+    fn slot_owner_handled(&self, slot: u16) -> bool {
+        let Some(routing) = self.client.cached_cluster_state() else {
+            return false;
+        };
+        let handled = self.handled_owners.read();
+        routing.get_server(slot) == owner_of(&handled, slot)
     }
 
     async fn unsubscribe_topics(&self, topics: Vec<String>) -> Result<(), Error> {
@@ -638,7 +696,9 @@ async fn reconnect_loop(inner: Arc<Inner>) {
         let notice = tokio::select! {
             r = sub_rx.recv() => Some(r.map(|_| ())),
             r = cmd_rx.recv() => Some(r.map(|_| ())),
-            _ = inner.topology_changed.notified() => Some(Ok(())),
+            _ = inner.topology_changed.notified() => {
+                inner.topology_dirty.load(Ordering::Acquire).then_some(Ok(()))
+            }
             _ = check.tick() => { inner.update_ready(); None }
         };
         match notice {
@@ -652,9 +712,10 @@ async fn reconnect_loop(inner: Arc<Inner>) {
         loop {
             drain(&mut sub_rx);
             drain(&mut cmd_rx);
+            inner.topology_dirty.store(false, Ordering::Release);
             metrics::counter!("herald_bus_reconnects_total").increment(1);
-            inner.reconnects.fetch_add(1, Ordering::AcqRel);
             inner.last_trouble_ms.store(now_ms(), Ordering::Release);
+            inner.reconnects.fetch_add(1, Ordering::AcqRel);
             let resynced = match inner.resubscribe_all().await {
                 Ok(()) => inner.resync().await,
                 Err(e) => Err(e),
@@ -665,7 +726,10 @@ async fn reconnect_loop(inner: Arc<Inner>) {
                 continue;
             }
             tokio::time::sleep(inner.settle()).await;
-            if sub_rx.is_empty() && cmd_rx.is_empty() {
+            if sub_rx.is_empty()
+                && cmd_rx.is_empty()
+                && !inner.topology_dirty.load(Ordering::Acquire)
+            {
                 break;
             }
         }
@@ -675,15 +739,47 @@ async fn reconnect_loop(inner: Arc<Inner>) {
 }
 
 /// Redis Cluster: who serves which slots.
-fn slot_owners(routing: Option<fred::types::cluster::ClusterRouting>) -> Vec<(u16, u16, String)> {
+fn slot_owners(routing: Option<fred::types::cluster::ClusterRouting>) -> SlotOwners {
     routing
         .map(|r| {
             r.slots()
                 .iter()
-                .map(|s| (s.start, s.end, s.primary.to_string()))
+                .map(|s| (s.start, s.end, s.primary.clone()))
                 .collect()
         })
         .unwrap_or_default()
+}
+
+/// The masters in a `CLUSTER SLOTS` answer: (first slot, last slot, host, port).
+fn masters_of(v: &Value) -> Vec<(i64, i64, String, i64)> {
+    let Value::Array(ranges) = v else {
+        return Vec::new();
+    };
+    let mut out: Vec<(i64, i64, String, i64)> = ranges
+        .iter()
+        .filter_map(|r| {
+            let Value::Array(r) = r else { return None };
+            let Value::Array(master) = r.get(2)? else {
+                return None;
+            };
+            Some((
+                r.first()?.as_i64()?,
+                r.get(1)?.as_i64()?,
+                master.first()?.as_string()?,
+                master.get(1)?.as_i64()?,
+            ))
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+/// The master serving `slot` in a slot map.
+fn owner_of(owners: &SlotOwners, slot: u16) -> Option<&Server> {
+    owners
+        .iter()
+        .find(|(start, end, _)| (*start..=*end).contains(&slot))
+        .map(|(_, _, server)| server)
 }
 
 /// Redis Cluster: a failover or a slot migration moves slots to another master while every
@@ -701,11 +797,30 @@ async fn topology_loop(inner: Arc<Inner>) {
         slot_owners(inner.subscriber.cached_cluster_state()),
         slot_owners(inner.client.cached_cluster_state()),
     );
+    *inner.handled_owners.write() = known.1.clone();
+    let mut served = Vec::new();
     loop {
         tokio::select! {
             _ = tick.tick() => {
-                if inner.subscriber.is_connected() {
-                    if let Err(e) = inner.subscriber.sync_cluster().await {
+                // CLUSTER SLOTS on a connection the client already has; fred's own refresh
+                // (which opens a connection) only when the answer changed.
+                let now = match inner.client.cluster_slots::<Value>().await {
+                    Ok(v) => masters_of(&v),
+                    Err(e) => {
+                        tracing::debug!(error = %e, "CLUSTER SLOTS failed");
+                        continue;
+                    }
+                };
+                if now.is_empty() || now == served {
+                    continue;
+                }
+                let first = served.is_empty();
+                served = now;
+                if first {
+                    continue;
+                }
+                for result in [inner.subscriber.sync_cluster().await, inner.client.sync_cluster().await] {
+                    if let Err(e) = result {
                         tracing::debug!(error = %e, "refreshing the Redis Cluster slot map failed");
                     }
                 }
@@ -721,11 +836,14 @@ async fn topology_loop(inner: Arc<Inner>) {
         if now.0.is_empty() || now.1.is_empty() || now == known {
             continue;
         }
-        known = now;
         tracing::info!("Redis Cluster slots changed hands; subscribing every topic again");
         metrics::counter!("herald_bus_topology_changes_total").increment(1);
-        inner.reconnects.fetch_add(1, Ordering::AcqRel);
+        // Trouble first, then the counter: a publish that sees the new count sees the trouble.
         inner.last_trouble_ms.store(now_ms(), Ordering::Release);
+        inner.reconnects.fetch_add(1, Ordering::AcqRel);
+        *inner.handled_owners.write() = now.1.clone();
+        known = now;
+        inner.topology_dirty.store(true, Ordering::Release);
         inner.topology_changed.notify_one();
     }
 }
@@ -761,23 +879,54 @@ impl Bus for RedisBus {
     async fn publish(&self, msg: BusMessage) -> Result<(), BusError> {
         let inner = &self.inner;
         check_ready(inner)?;
+        // The counter before the trouble time (they are written in the other order).
+        let reconnects = inner.reconnects.load(Ordering::Acquire);
         let settle = inner.settle().as_millis() as u64;
         if now_ms().saturating_sub(inner.last_trouble_ms.load(Ordering::Acquire)) < settle {
             return Err(BusError::Unavailable(
                 "Redis is recovering; subscriptions are being restored".into(),
             ));
         }
-        let reconnects = inner.reconnects.load(Ordering::Acquire);
         let topic = inner.keys.topic(&msg.app_id, &msg.channel);
-        if let Err(e) = inner.publish_raw(topic, wire::encode(&msg)).await {
-            inner.last_trouble_ms.store(now_ms(), Ordering::Release);
-            return Err(unavailable(e));
+        let slot = fred::util::redis_keyslot(topic.as_bytes());
+        let receivers = match inner.publish_raw(topic, wire::encode(&msg)).await {
+            Ok(n) => n,
+            Err(e) => {
+                inner.last_trouble_ms.store(now_ms(), Ordering::Release);
+                return Err(unavailable(e));
+            }
+        };
+        if inner.sharded() && receivers == 0 {
+            // A Redis 7.0 replica accepts SPUBLISH and answers 0: after a failover, a publish
+            // sent along a stale slot map reaches no one. A keyed read on the channel's slot
+            // answers MOVED there, which fred follows, updating its map: a changed owner means
+            // this publish went nowhere.
+            let before = inner.client_owner(slot);
+            let probe: Result<i64, Error> = inner
+                .client
+                .exists(inner.keys.subs(&msg.app_id, msg.channel.as_str()))
+                .await;
+            if let Err(e) = probe {
+                inner.last_trouble_ms.store(now_ms(), Ordering::Release);
+                return Err(unavailable(e));
+            }
+            if inner.client_owner(slot) != before {
+                return Err(BusError::Unavailable(
+                    "Redis Cluster moved the channel's slot; the publish reached no one; retry"
+                        .into(),
+                ));
+            }
         }
         // Give a reconnect notice that raced this command the chance to be seen.
         tokio::task::yield_now().await;
         if inner.reconnects.load(Ordering::Acquire) != reconnects {
             return Err(BusError::Unavailable(
                 "Redis reconnected during the publish; retry".into(),
+            ));
+        }
+        if inner.sharded() && !inner.slot_owner_handled(slot) {
+            return Err(BusError::Unavailable(
+                "Redis Cluster moved the channel's slot during the publish; retry".into(),
             ));
         }
         metrics::counter!("herald_bus_messages_published_total").increment(1);
@@ -1152,5 +1301,50 @@ impl Bus for RedisBus {
             .zrem(inner.keys.nodes(), inner.cfg.node_id.as_str())
             .await;
         tracing::info!(node = %inner.cfg.node_id, "left the cluster");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn range(start: i64, end: i64, host: &str, port: i64, replica_port: Option<i64>) -> Value {
+        let mut r = vec![
+            Value::Integer(start),
+            Value::Integer(end),
+            Value::Array(vec![
+                Value::String(host.into()),
+                Value::Integer(port),
+                Value::String("id".into()),
+            ]),
+        ];
+        if let Some(p) = replica_port {
+            r.push(Value::Array(vec![
+                Value::String(host.into()),
+                Value::Integer(p),
+            ]));
+        }
+        Value::Array(r)
+    }
+
+    #[test]
+    fn cluster_slots_masters_ignore_order_and_replicas() {
+        let a = Value::Array(vec![
+            range(5461, 16383, "10.0.0.2", 6379, Some(6380)),
+            range(0, 5460, "10.0.0.1", 6379, None),
+        ]);
+        let b = Value::Array(vec![
+            range(0, 5460, "10.0.0.1", 6379, Some(6381)),
+            range(5461, 16383, "10.0.0.2", 6379, None),
+        ]);
+        assert_eq!(masters_of(&a), masters_of(&b));
+        assert_eq!(masters_of(&a)[0], (0, 5460, "10.0.0.1".to_owned(), 6379));
+        // A failover: the replica now serves the first range.
+        let c = Value::Array(vec![
+            range(0, 5460, "10.0.0.1", 6381, Some(6379)),
+            range(5461, 16383, "10.0.0.2", 6379, None),
+        ]);
+        assert_ne!(masters_of(&a), masters_of(&c));
+        assert!(masters_of(&Value::Null).is_empty());
     }
 }

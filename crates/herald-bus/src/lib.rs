@@ -46,6 +46,9 @@ pub struct RedisBusConfig {
     /// re-subscribe (at least a few reconnect delays).
     pub settle: Duration,
     pub reconnect_delay: Duration,
+    /// At start, how long to keep trying while Redis is not reachable yet (still starting, a
+    /// cluster still forming); certificate, authentication and configuration errors end at once.
+    pub startup_wait: Duration,
     /// Redis Cluster: how often the slot map is refreshed to notice failovers and resharding
     /// (Redis then drops sharded subscriptions without closing the connection).
     pub topology_check: Duration,
@@ -67,6 +70,7 @@ impl RedisBusConfig {
             flush_interval: Duration::from_millis(50),
             settle: Duration::from_millis(1000),
             reconnect_delay: Duration::from_millis(200),
+            startup_wait: Duration::from_secs(30),
             topology_check: Duration::from_millis(250),
             command_timeout: Duration::from_secs(2),
         }

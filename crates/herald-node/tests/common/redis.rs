@@ -106,7 +106,10 @@ impl Redis {
     }
 
     pub async fn start() -> Redis {
-        let port = free_port();
+        Redis::start_on(free_port()).await
+    }
+
+    pub async fn start_on(port: u16) -> Redis {
         let dir = tempdir::Dir::new();
         let child = spawn_redis(port, &dir.0, &[]);
         wait_ping(port).await;
