@@ -9,7 +9,8 @@
 # Environment:
 #   BENCH_SERVERS    servers to run (default "herald sockudo soketi"; missing peers are skipped,
 #                    install them with loadtest/peers/install-*.sh)
-#   BENCH_SCENARIOS  scenarios (default "idle fanout burst burst-batch storm presence cluster")
+#   BENCH_SCENARIOS  scenarios (default "idle fanout burst burst-batch storm presence cluster
+#                    cluster-sharded"; cluster-sharded runs Herald on a 3-master Redis Cluster)
 #   BENCH_N          connections for idle, fanout, burst and storm (default 10000)
 #   BENCH_OUT        output directory
 set -euo pipefail
@@ -17,7 +18,7 @@ root="$(cd "$(dirname "$0")/.." && pwd)"
 peers="$root/loadtest/peers"
 out="${BENCH_OUT:-$root/target/bench/$(date -u +%Y%m%dT%H%M%SZ)}"
 servers="${BENCH_SERVERS:-herald sockudo soketi}"
-scenarios="${BENCH_SCENARIOS:-idle fanout burst burst-batch storm presence cluster}"
+scenarios="${BENCH_SCENARIOS:-idle fanout burst burst-batch storm presence cluster cluster-sharded}"
 n="${BENCH_N:-10000}"
 lt="$root/target/release/herald-loadtest"
 herald="$root/target/release/herald"
@@ -90,7 +91,11 @@ id = "app-id"
 key = "app-key"
 secret = "app-secret"
 TOML
-      if [[ -n "$redis" ]]; then
+      if [[ "$redis" == cluster:* ]]; then
+        local seeds=""
+        for rp in ${redis#cluster:}; do seeds+="${seeds:+, }\"redis://127.0.0.1:$rp\""; done
+        printf '\n[bus]\ndriver = "redis"\ncluster_urls = [%s]\n' "$seeds" >>"$conf"
+      elif [[ -n "$redis" ]]; then
         printf '\n[bus]\ndriver = "redis"\nurl = "redis://127.0.0.1:%s"\n' "$redis" >>"$conf"
       fi
       "$herald" --config "$conf" >"$log" 2>&1 &
@@ -140,6 +145,42 @@ cluster() {
   stop "$rpid"
 }
 
+# Herald's nodes on a three-master Redis Cluster (sharded pub/sub, one hash tag per channel).
+# The same load as `cluster`; herald only (the peers are measured on one Redis).
+cluster_sharded() {
+  local server="$1" base rports=() ports=() urls=() spids=()
+  if [[ "$server" != herald ]]; then
+    echo "skipping cluster-sharded on $server (run for herald only)" >&2
+    return 0
+  fi
+  port=$((port + 20)); base=$port
+  for i in 0 1 2; do
+    local rp=$((base + i)) d="$out/redis-cluster-$((base + i))"
+    mkdir -p "$d"
+    redis-server --port "$rp" --bind 127.0.0.1 --save '' --appendonly no --dir "$d" \
+      --cluster-enabled yes --cluster-config-file nodes.conf >"$d/log" 2>&1 &
+    spids+=(--server-pid "$!"); pids+=("$!"); rports+=("$rp")
+  done
+  for rp in "${rports[@]}"; do
+    for _ in $(seq 50); do redis-cli -p "$rp" ping >/dev/null 2>&1 && break; sleep 0.1; done
+  done
+  redis-cli --cluster create $(printf '127.0.0.1:%s ' "${rports[@]}") --cluster-replicas 0 --cluster-yes >/dev/null
+  for rp in "${rports[@]}"; do
+    for _ in $(seq 100); do redis-cli -p "$rp" cluster info | grep -q cluster_state:ok && break; sleep 0.1; done
+  done
+  for node in 1 2 3; do
+    local p=$((base + 4 + node * 2))
+    start "$server" "$p" "cluster:${rports[*]}" "$node"
+    urls+=(--url "ws://127.0.0.1:$p"); spids+=(--server-pid "$PID"); ports+=("$PID")
+  done
+  sleep 1
+  loadtest cluster-sharded "herald-redis-cluster" cluster "${urls[@]}" "${spids[@]}" \
+    --connections 3000 --channels 1000 --rate 5000 --messages 25000 --publishers 8
+  for p in "${ports[@]}"; do stop "$p"; done
+  for rp in "${rports[@]}"; do redis-cli -p "$rp" shutdown nosave >/dev/null 2>&1 || true; done
+  port=$((base + 30))
+}
+
 files=()
 for scenario in $scenarios; do
   for server in "${run_servers[@]}"; do
@@ -151,9 +192,12 @@ for scenario in $scenarios; do
       storm) single storm "$server" storm --connections "$n" ;;
       presence) single presence "$server" presence --channels 50 --members 50 --rate 500 --duration 5 ;;
       cluster) command -v redis-server >/dev/null && cluster "$server" || echo "skipping cluster: no redis-server" >&2 ;;
+      cluster-sharded) command -v redis-server >/dev/null && cluster_sharded "$server" || echo "skipping cluster-sharded: no redis-server" >&2 ;;
       *) echo "unknown scenario $scenario" >&2; continue ;;
     esac
-    [[ -f "$out/$scenario-$server.json" ]] && files+=("$out/$scenario-$server.json")
+    for f in "$out/$scenario-$server.json" "$out/$scenario-$server-redis-cluster.json"; do
+      [[ -f "$f" ]] && files+=("$f")
+    done
   done
 done
 
