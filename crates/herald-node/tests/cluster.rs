@@ -142,30 +142,8 @@ async fn fan_out_over_tls_with_a_private_ca() {
     })
     .await;
 
-    let dir = tempdir::Dir::new();
-    let cfg = dir.0.join("untrusting.toml");
-    std::fs::write(
-        &cfg,
-        format!(
-            "[server]\nlisten = \"127.0.0.1:{}\"\nadmin_listen = \"127.0.0.1:{}\"\nnode_id = \"untrusting\"\n{}",
-            free_port(),
-            free_port(),
-            bus("")
-        ),
-    )
-    .unwrap();
-    let out = tokio::task::spawn_blocking(move || {
-        std::process::Command::new(env!("CARGO_BIN_EXE_herald"))
-            .arg("--config")
-            .arg(&cfg)
-            .env("RUST_LOG", "error")
-            .output()
-            .unwrap()
-    })
-    .await
-    .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "{stderr}");
+    let (ok, stderr) = run_until_exit("untrusting", &bus("")).await;
+    assert!(!ok, "{stderr}");
     assert!(
         stderr.contains("certificate is not trusted") && stderr.contains("bus.tls_ca_file"),
         "{stderr}"
@@ -582,28 +560,16 @@ async fn password_and_key_prefix_keep_clusters_apart() {
     );
 
     // A wrong password is refused at start-up with a clear error.
-    let port = free_port();
-    let admin = free_port();
-    let dir = tempdir::Dir::new();
-    let cfg = dir.0.join("h.toml");
     let bad = format!("redis://:wrong@127.0.0.1:{}", redis.port);
-    std::fs::write(
-        &cfg,
-        format!("[server]\nlisten = \"127.0.0.1:{port}\"\nadmin_listen = \"127.0.0.1:{admin}\"\n[bus]\ndriver = \"redis\"\nurl = \"{bad}\"\n{}", default_apps()),
+    let (ok, err) = run_until_exit(
+        "h",
+        &format!(
+            "[bus]\ndriver = \"redis\"\nurl = \"{bad}\"\n{}",
+            default_apps()
+        ),
     )
-    .unwrap();
-    let out = tokio::task::spawn_blocking(move || {
-        std::process::Command::new(env!("CARGO_BIN_EXE_herald"))
-            .arg("--config")
-            .arg(&cfg)
-            .env("RUST_LOG", "error")
-            .output()
-            .unwrap()
-    })
-    .await
-    .unwrap();
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+    .await;
+    assert!(!ok);
     assert!(err.contains("connecting the Redis bus"), "{err}");
     assert!(
         !err.contains("wrong@"),
@@ -677,33 +643,9 @@ async fn duplicate_node_ids_are_refused_and_a_graceful_exit_leaves_the_cluster()
     );
 
     // A second live process with the same id gives up with a clear error.
-    let dir = tempdir::Dir::new();
-    let cfg = dir.0.join("twin.toml");
-    std::fs::write(
-        &cfg,
-        format!(
-            "[server]\nlisten = \"127.0.0.1:{}\"\nadmin_listen = \"127.0.0.1:{}\"\nnode_id = \"twin\"\n{bus}",
-            free_port(),
-            free_port()
-        ),
-    )
-    .unwrap();
-    let out = tokio::task::spawn_blocking(move || {
-        std::process::Command::new(env!("CARGO_BIN_EXE_herald"))
-            .arg("--config")
-            .arg(&cfg)
-            .env("RUST_LOG", "error")
-            .output()
-            .unwrap()
-    })
-    .await
-    .unwrap();
-    assert!(!out.status.success());
-    assert!(
-        String::from_utf8_lossy(&out.stderr).contains("in use by another live node"),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let (ok, err) = run_until_exit("twin", &bus).await;
+    assert!(!ok);
+    assert!(err.contains("in use by another live node"), "{err}");
 
     // SIGTERM: the lease goes at once, not a lease later.
     first.sigterm();

@@ -72,6 +72,36 @@ pub mod tempdir {
 
 /// The apps every test node has: app1 (client events on) and app2 (client events off,
 /// at most 2 connections, an origin allowlist).
+/// Runs `herald` on a config of its own `[server]` listeners and `node_id` plus `rest`, until it
+/// exits: whether it succeeded, and what it printed on stderr.
+pub async fn run_until_exit(node_id: &str, rest: &str) -> (bool, String) {
+    let dir = tempdir::Dir::new();
+    let cfg = dir.0.join("herald.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[server]\nlisten = \"127.0.0.1:{}\"\nadmin_listen = \"127.0.0.1:{}\"\nnode_id = \"{node_id}\"\n{rest}",
+            free_port(),
+            free_port()
+        ),
+    )
+    .unwrap();
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new(env!("CARGO_BIN_EXE_herald"))
+            .arg("--config")
+            .arg(&cfg)
+            .env("RUST_LOG", "error")
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
 pub fn default_apps() -> String {
     r#"
 [[apps]]

@@ -229,6 +229,21 @@ impl RedisCluster {
     }
 }
 
+/// Waits (up to 20 s) until every node in `ports` reports `cluster_state:ok` and `also` holds.
+async fn wait_cluster(ports: &[u16], also: impl Fn() -> bool, what: &str) {
+    for _ in 0..400 {
+        if also()
+            && ports
+                .iter()
+                .all(|p| cli(*p, &["CLUSTER", "INFO"]).contains("cluster_state:ok"))
+        {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("redis cluster: {what}");
+}
+
 fn spawn_cluster_node(port: u16, dir: &std::path::Path) -> Child {
     spawn_redis(
         port,
@@ -253,17 +268,7 @@ impl RedisCluster {
         tokio::time::sleep(down_for).await;
         let port = self.ports[i];
         self.children[i] = spawn_cluster_node(port, &self.dir.0.join(port.to_string()));
-        for _ in 0..400 {
-            if self
-                .ports
-                .iter()
-                .all(|p| cli(*p, &["CLUSTER", "INFO"]).contains("cluster_state:ok"))
-            {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        panic!("redis cluster did not recover");
+        wait_cluster(&self.ports, || true, "did not recover").await;
     }
 }
 
@@ -391,36 +396,16 @@ impl RedisCluster {
             String::from_utf8_lossy(&out.stdout)
         );
         self.ports.push(port);
-        for _ in 0..400 {
-            let info = cli(port, &["INFO", "replication"]);
-            if info.contains("master_link_status:up")
-                && self
-                    .ports
-                    .iter()
-                    .all(|p| cli(*p, &["CLUSTER", "INFO"]).contains("cluster_state:ok"))
-            {
-                return self.ports.len() - 1;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        panic!("replica did not sync");
+        let synced = || cli(port, &["INFO", "replication"]).contains("master_link_status:up");
+        wait_cluster(&self.ports, synced, "the replica did not sync").await;
+        self.ports.len() - 1
     }
 
     /// `CLUSTER FAILOVER` on replica `j`: it becomes the master, the old master a replica (it
     /// stays up and drops its sharded subscribers for the slots it gave away).
     pub async fn failover_to(&self, j: usize) {
         assert_eq!(cli(self.ports[j], &["CLUSTER", "FAILOVER"]), "OK");
-        for _ in 0..400 {
-            if cli(self.ports[j], &["ROLE"]).starts_with("master")
-                && self
-                    .ports
-                    .iter()
-                    .all(|p| cli(*p, &["CLUSTER", "INFO"]).contains("cluster_state:ok"))
-            {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        panic!("failover did not complete");
+        let promoted = || cli(self.ports[j], &["ROLE"]).starts_with("master");
+        wait_cluster(&self.ports, promoted, "the failover did not complete").await;
     }
 }
