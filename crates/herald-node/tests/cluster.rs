@@ -669,6 +669,8 @@ enum Disruption {
     RestartMaster0,
     /// `CLUSTER FAILOVER` to a replica of master 0.
     FailoverMaster0,
+    /// Master 0's slots of the test channels moved to master 1 (resharding).
+    MoveSlotsToMaster1,
 }
 
 /// Publishes every 40 ms on six sharded channels while master 0's slots are disrupted; checks
@@ -677,7 +679,7 @@ async fn steady_publishing_through(disruption: Disruption) {
     let mut cluster = RedisCluster::start().await;
     let replica = match disruption {
         Disruption::FailoverMaster0 => Some(cluster.add_replica_of(0).await),
-        Disruption::RestartMaster0 => None,
+        Disruption::RestartMaster0 | Disruption::MoveSlotsToMaster1 => None,
     };
     let nodes = nodes(2, &bus_cluster(&cluster.urls())).await;
     let (a, b) = (&nodes[0], &nodes[1]);
@@ -715,6 +717,10 @@ async fn steady_publishing_through(disruption: Disruption) {
                 timeline.push(format!("{} {disruption:?}", wall_ms()));
                 match (disruption, replica) {
                     (Disruption::FailoverMaster0, Some(r)) => cluster.failover_to(r).await,
+                    (Disruption::MoveSlotsToMaster1, _) => {
+                        let keys: Vec<String> = on_restarted.iter().map(|ch| topic(ch)).collect();
+                        cluster.move_slots(0, 1, &keys).await
+                    }
                     _ => cluster.restart_node(0, Duration::from_secs(1)).await,
                 }
                 timeline.push(format!("{} cluster ok", wall_ms()));
@@ -733,7 +739,7 @@ async fn steady_publishing_through(disruption: Disruption) {
         restarted
     };
     eprintln!(
-        "cluster master restart: {} accepted, {refused} refused",
+        "{disruption:?}: {} accepted, {refused} refused",
         accepted.len()
     );
     assert!(restart);
@@ -799,7 +805,10 @@ async fn steady_publishing_through(disruption: Disruption) {
     }
     // The shard's master (restarted, or the promoted replica) has the subscriber node's
     // subscriptions again.
-    let master = cluster.ports[replica.unwrap_or(0)];
+    let master = match disruption {
+        Disruption::MoveSlotsToMaster1 => cluster.ports[1],
+        _ => cluster.ports[replica.unwrap_or(0)],
+    };
     for ch in &on_restarted {
         assert_eq!(subscribers_on(master, ch), 1, "{ch}");
     }
@@ -815,6 +824,11 @@ async fn redis_cluster_master_restart_under_steady_publishing() {
 #[tokio::test]
 async fn redis_cluster_failover_under_steady_publishing() {
     steady_publishing_through(Disruption::FailoverMaster0).await;
+}
+
+#[tokio::test]
+async fn redis_cluster_resharding_under_steady_publishing() {
+    steady_publishing_through(Disruption::MoveSlotsToMaster1).await;
 }
 
 fn wall_ms() -> u128 {

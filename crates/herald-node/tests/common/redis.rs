@@ -409,3 +409,48 @@ impl RedisCluster {
         wait_cluster(&self.ports, promoted, "the failover did not complete").await;
     }
 }
+
+impl RedisCluster {
+    /// Moves the slots of `keys` (with everything in them) from master `from` to master `to`,
+    /// the way `redis-cli --cluster reshard` does: IMPORTING/MIGRATING, MIGRATE, SETSLOT NODE.
+    pub async fn move_slots(&self, from: usize, to: usize, keys: &[String]) {
+        let (src, dst) = (self.ports[from], self.ports[to]);
+        let src_id = cli(src, &["CLUSTER", "MYID"]);
+        let dst_id = cli(dst, &["CLUSTER", "MYID"]);
+        for key in keys {
+            let s = cli(src, &["CLUSTER", "KEYSLOT", key]);
+            assert_eq!(
+                cli(dst, &["CLUSTER", "SETSLOT", &s, "IMPORTING", &src_id]),
+                "OK"
+            );
+            assert_eq!(
+                cli(src, &["CLUSTER", "SETSLOT", &s, "MIGRATING", &dst_id]),
+                "OK"
+            );
+            loop {
+                let in_slot = cli(src, &["CLUSTER", "GETKEYSINSLOT", &s, "100"]);
+                let in_slot: Vec<&str> = in_slot.lines().filter(|k| !k.is_empty()).collect();
+                if in_slot.is_empty() {
+                    break;
+                }
+                let port = dst.to_string();
+                let mut args = vec!["MIGRATE", "127.0.0.1", &port, "", "0", "5000", "KEYS"];
+                args.extend(in_slot);
+                assert_eq!(cli(src, &args), "OK");
+            }
+            for p in &self.ports {
+                cli(*p, &["CLUSTER", "SETSLOT", &s, "NODE", &dst_id]);
+            }
+        }
+        // Every other node redirects the keys to the new master.
+        let moved = || {
+            keys.iter().all(|key| {
+                self.ports.iter().filter(|p| **p != dst).all(|p| {
+                    cli(*p, &["EXISTS", key]).starts_with("MOVED")
+                        && cli(*p, &["EXISTS", key]).ends_with(&format!(":{dst}"))
+                })
+            })
+        };
+        wait_cluster(&self.ports, moved, "the slots did not move").await;
+    }
+}
