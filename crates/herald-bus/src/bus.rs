@@ -89,9 +89,9 @@ struct Inner {
     /// When Redis last failed a publish or a connection came back (Unix ms): publishes wait a
     /// settle period after it, so every node's subscriptions are back before a 200.
     last_trouble_ms: std::sync::atomic::AtomicU64,
-    /// Reconnections seen; a publish that straddles one answers 503 rather than risk a 200 for a
-    /// message some node missed.
-    reconnects: std::sync::atomic::AtomicU64,
+    /// Rounds of recovery begun (reconnects, Redis Cluster slot moves); a publish that straddles
+    /// one answers 503 rather than risk a 200 for a message some node missed.
+    recoveries: std::sync::atomic::AtomicU64,
 }
 
 impl std::fmt::Debug for RedisBus {
@@ -128,7 +128,7 @@ async fn connect_until(
         let lasting = matches!(
             e.kind(),
             ErrorKind::Auth | ErrorKind::Config | ErrorKind::Url | ErrorKind::Tls
-        ) || e.to_string().contains("Certificate");
+        ) || untrusted_certificate(&e);
         if lasting || Instant::now() + cfg.reconnect_delay >= deadline {
             return Err(connect_error(e));
         }
@@ -138,16 +138,20 @@ async fn connect_until(
     }
 }
 
+/// rustls refused the server's certificate (fred reports it as an IO error).
+fn untrusted_certificate(e: &Error) -> bool {
+    e.to_string().contains("InvalidCertificate")
+}
+
 /// A failed first connection, with a hint when the cause is an untrusted TLS certificate.
 fn connect_error(e: Error) -> BusError {
-    let text = e.to_string();
-    if text.contains("InvalidCertificate") {
+    if untrusted_certificate(&e) {
         BusError::Unavailable(format!(
-            "{text}: the Redis server's TLS certificate is not trusted; \
+            "{e}: the Redis server's TLS certificate is not trusted; \
              set bus.tls_ca_file to the CA that signed it"
         ))
     } else {
-        BusError::Unavailable(text)
+        BusError::Unavailable(e.to_string())
     }
 }
 
@@ -190,7 +194,7 @@ impl RedisBus {
             handled_owners: parking_lot::RwLock::new(Vec::new()),
             topic_ops: tokio::sync::Mutex::new(()),
             last_trouble_ms: std::sync::atomic::AtomicU64::new(0),
-            reconnects: std::sync::atomic::AtomicU64::new(0),
+            recoveries: std::sync::atomic::AtomicU64::new(0),
         });
         // A restarted node with the same id (a StatefulSet pod) waits for its previous life's
         // lease to lapse, clears what that life left behind, then registers.
@@ -271,6 +275,36 @@ impl Inner {
         let topics: Vec<String> = self.topics.lock().keys().cloned().collect();
         for chunk in topics.chunks(RESUBSCRIBE_BATCH) {
             self.subscribe_topics(chunk.to_vec()).await?;
+        }
+        Ok(())
+    }
+
+    /// Redis Cluster, after a publish that no one received: a Redis 7.0 replica accepts SPUBLISH
+    /// and answers 0, so after a failover a publish sent along a stale slot map reaches no one. A
+    /// keyed read on the channel's slot answers MOVED there, which fred follows, updating its
+    /// map: a changed owner means the publish went nowhere.
+    async fn check_stale_slot(
+        &self,
+        msg: &BusMessage,
+        slot: u16,
+        receivers: i64,
+    ) -> Result<(), BusError> {
+        if receivers != 0 {
+            return Ok(());
+        }
+        let before = self.client_owner(slot);
+        let probe: Result<i64, Error> = self
+            .client
+            .exists(self.keys.subs(&msg.app_id, msg.channel.as_str()))
+            .await;
+        if let Err(e) = probe {
+            self.last_trouble_ms.store(now_ms(), Ordering::Release);
+            return Err(unavailable(e));
+        }
+        if self.client_owner(slot) != before {
+            return Err(BusError::Unavailable(
+                "Redis Cluster moved the channel's slot; the publish reached no one; retry".into(),
+            ));
         }
         Ok(())
     }
@@ -694,10 +728,10 @@ async fn reconnect_loop(inner: Arc<Inner>) {
     loop {
         use tokio::sync::broadcast::error::RecvError;
         let notice = tokio::select! {
-            r = sub_rx.recv() => Some(r.map(|_| ())),
-            r = cmd_rx.recv() => Some(r.map(|_| ())),
+            r = sub_rx.recv() => Some(r.map(|_| Notice::Reconnect)),
+            r = cmd_rx.recv() => Some(r.map(|_| Notice::Reconnect)),
             _ = inner.topology_changed.notified() => {
-                inner.topology_dirty.load(Ordering::Acquire).then_some(Ok(()))
+                inner.topology_dirty.load(Ordering::Acquire).then_some(Ok(Notice::SlotsMoved))
             }
             _ = check.tick() => { inner.update_ready(); None }
         };
@@ -705,17 +739,19 @@ async fn reconnect_loop(inner: Arc<Inner>) {
             None => continue,
             // The clients are gone: the bus is shutting down.
             Some(Err(RecvError::Closed)) => return,
+            Some(Ok(Notice::Reconnect)) => {
+                metrics::counter!("herald_bus_reconnects_total").increment(1)
+            }
             Some(_) => {}
         }
         inner.resyncing.store(true, Ordering::Release);
         inner.update_ready();
         loop {
-            drain(&mut sub_rx);
-            drain(&mut cmd_rx);
+            let drained = drain(&mut sub_rx) + drain(&mut cmd_rx);
+            metrics::counter!("herald_bus_reconnects_total").increment(drained);
             inner.topology_dirty.store(false, Ordering::Release);
-            metrics::counter!("herald_bus_reconnects_total").increment(1);
             inner.last_trouble_ms.store(now_ms(), Ordering::Release);
-            inner.reconnects.fetch_add(1, Ordering::AcqRel);
+            inner.recoveries.fetch_add(1, Ordering::AcqRel);
             let resynced = match inner.resubscribe_all().await {
                 Ok(()) => inner.resync().await,
                 Err(e) => Err(e),
@@ -793,11 +829,9 @@ async fn topology_loop(inner: Arc<Inner>) {
     let mut cmd_changes = inner.client.cluster_change_rx();
     let mut tick = tokio::time::interval(inner.cfg.topology_check);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut known = (
-        slot_owners(inner.subscriber.cached_cluster_state()),
-        slot_owners(inner.client.cached_cluster_state()),
-    );
-    *inner.handled_owners.write() = known.1.clone();
+    // The subscriber's map as last handled; the command client's is `handled_owners`.
+    let mut known = slot_owners(inner.subscriber.cached_cluster_state());
+    *inner.handled_owners.write() = slot_owners(inner.client.cached_cluster_state());
     let mut served = Vec::new();
     loop {
         tokio::select! {
@@ -828,35 +862,46 @@ async fn topology_loop(inner: Arc<Inner>) {
             r = sub_changes.recv() => if matches!(r, Err(RecvError::Closed)) { return },
             r = cmd_changes.recv() => if matches!(r, Err(RecvError::Closed)) { return },
         }
-        let now = (
+        let (sub_now, cmd_now) = (
             slot_owners(inner.subscriber.cached_cluster_state()),
             slot_owners(inner.client.cached_cluster_state()),
         );
         // An empty map is a client between connections; the reconnect handles that.
-        if now.0.is_empty() || now.1.is_empty() || now == known {
+        if sub_now.is_empty()
+            || cmd_now.is_empty()
+            || (sub_now == known && cmd_now == *inner.handled_owners.read())
+        {
             continue;
         }
         tracing::info!("Redis Cluster slots changed hands; subscribing every topic again");
         metrics::counter!("herald_bus_topology_changes_total").increment(1);
         // Trouble first, then the counter: a publish that sees the new count sees the trouble.
         inner.last_trouble_ms.store(now_ms(), Ordering::Release);
-        inner.reconnects.fetch_add(1, Ordering::AcqRel);
-        *inner.handled_owners.write() = now.1.clone();
-        known = now;
+        inner.recoveries.fetch_add(1, Ordering::AcqRel);
+        *inner.handled_owners.write() = cmd_now;
+        known = sub_now;
         inner.topology_dirty.store(true, Ordering::Release);
         inner.topology_changed.notify_one();
     }
 }
 
-/// Discards pending reconnect notices (lagged ones included).
-fn drain<T: Clone>(rx: &mut tokio::sync::broadcast::Receiver<T>) {
+/// Discards pending reconnect notices; how many there were (lagged ones included).
+fn drain<T: Clone>(rx: &mut tokio::sync::broadcast::Receiver<T>) -> u64 {
     use tokio::sync::broadcast::error::TryRecvError;
+    let mut n = 0;
     loop {
         match rx.try_recv() {
-            Ok(_) | Err(TryRecvError::Lagged(_)) => {}
-            Err(TryRecvError::Empty | TryRecvError::Closed) => return,
+            Ok(_) => n += 1,
+            Err(TryRecvError::Lagged(lost)) => n += lost,
+            Err(TryRecvError::Empty | TryRecvError::Closed) => return n,
         }
     }
+}
+
+/// What woke the reconnect loop.
+enum Notice {
+    Reconnect,
+    SlotsMoved,
 }
 
 /// Fails fast when the bus cannot serve, rather than queueing behind a dead connection.
@@ -880,7 +925,7 @@ impl Bus for RedisBus {
         let inner = &self.inner;
         check_ready(inner)?;
         // The counter before the trouble time (they are written in the other order).
-        let reconnects = inner.reconnects.load(Ordering::Acquire);
+        let recoveries = inner.recoveries.load(Ordering::Acquire);
         let settle = inner.settle().as_millis() as u64;
         if now_ms().saturating_sub(inner.last_trouble_ms.load(Ordering::Acquire)) < settle {
             return Err(BusError::Unavailable(
@@ -888,7 +933,9 @@ impl Bus for RedisBus {
             ));
         }
         let topic = inner.keys.topic(&msg.app_id, &msg.channel);
-        let slot = fred::util::redis_keyslot(topic.as_bytes());
+        let slot = inner
+            .sharded()
+            .then(|| fred::util::redis_keyslot(topic.as_bytes()));
         let receivers = match inner.publish_raw(topic, wire::encode(&msg)).await {
             Ok(n) => n,
             Err(e) => {
@@ -896,35 +943,17 @@ impl Bus for RedisBus {
                 return Err(unavailable(e));
             }
         };
-        if inner.sharded() && receivers == 0 {
-            // A Redis 7.0 replica accepts SPUBLISH and answers 0: after a failover, a publish
-            // sent along a stale slot map reaches no one. A keyed read on the channel's slot
-            // answers MOVED there, which fred follows, updating its map: a changed owner means
-            // this publish went nowhere.
-            let before = inner.client_owner(slot);
-            let probe: Result<i64, Error> = inner
-                .client
-                .exists(inner.keys.subs(&msg.app_id, msg.channel.as_str()))
-                .await;
-            if let Err(e) = probe {
-                inner.last_trouble_ms.store(now_ms(), Ordering::Release);
-                return Err(unavailable(e));
-            }
-            if inner.client_owner(slot) != before {
-                return Err(BusError::Unavailable(
-                    "Redis Cluster moved the channel's slot; the publish reached no one; retry"
-                        .into(),
-                ));
-            }
+        if let Some(slot) = slot {
+            inner.check_stale_slot(&msg, slot, receivers).await?;
         }
         // Give a reconnect notice that raced this command the chance to be seen.
         tokio::task::yield_now().await;
-        if inner.reconnects.load(Ordering::Acquire) != reconnects {
+        if inner.recoveries.load(Ordering::Acquire) != recoveries {
             return Err(BusError::Unavailable(
                 "Redis reconnected during the publish; retry".into(),
             ));
         }
-        if inner.sharded() && !inner.slot_owner_handled(slot) {
+        if slot.is_some_and(|slot| !inner.slot_owner_handled(slot)) {
             return Err(BusError::Unavailable(
                 "Redis Cluster moved the channel's slot during the publish; retry".into(),
             ));
