@@ -155,7 +155,9 @@ pub fn build(cfg: &RedisBusConfig) -> Result<(Client, SubscriberClient, Topology
         .with_connection_config(|c| {
             c.connection_timeout = Duration::from_secs(2);
             c.internal_command_timeout = Duration::from_secs(2);
-            c.max_command_attempts = 2;
+            // Room for MOVED and ASK during a slot migration: fred 10 ends the whole client
+            // when an ASK arrives for a command with no attempts left ("Max attempts reached").
+            c.max_command_attempts = 10;
         })
         .set_policy(ReconnectPolicy::new_constant(
             0,
