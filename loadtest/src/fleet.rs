@@ -65,6 +65,19 @@ pub fn stop_signal() -> (watch::Sender<bool>, watch::Receiver<bool>) {
     watch::channel(false)
 }
 
+/// Signals stop and waits up to 10 s for the connection tasks to end, then aborts the rest.
+pub async fn shut_down<T: 'static>(
+    stop: &watch::Sender<bool>,
+    tasks: &mut tokio::task::JoinSet<T>,
+) {
+    let _ = stop.send(true);
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(10), async {
+        while tasks.join_next().await.is_some() {}
+    })
+    .await;
+    tasks.abort_all();
+}
+
 pub fn bar(len: u64, msg: &str) -> ProgressBar {
     let bar = ProgressBar::new(len);
     if let Ok(style) = ProgressStyle::with_template(

@@ -123,11 +123,6 @@ pub async fn run(ctx: &Ctx, connections: usize, channels: usize, hold_secs: u64)
     report.processes = hold_deltas;
     report.errors = fleet.errors();
 
-    let _ = stop_tx.send(true);
-    let _ = tokio::time::timeout(Duration::from_secs(10), async {
-        while tasks.join_next().await.is_some() {}
-    })
-    .await;
-    tasks.abort_all();
+    fleet::shut_down(&stop_tx, &mut tasks).await;
     Ok(report)
 }

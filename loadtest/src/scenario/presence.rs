@@ -184,12 +184,7 @@ pub async fn run(
     report.processes = deltas;
     report.errors = shared.fleet.errors();
 
-    let _ = stop_tx.send(true);
-    let _ = tokio::time::timeout(Duration::from_secs(10), async {
-        while tasks.join_next().await.is_some() {}
-    })
-    .await;
-    tasks.abort_all();
+    fleet::shut_down(&stop_tx, &mut tasks).await;
     Ok(report)
 }
 
