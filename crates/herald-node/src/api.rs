@@ -246,6 +246,31 @@ async fn handle_route(
             .cloned()
             .ok_or_else(|| ApiError::from(ProtocolError::UnknownApp(route.app_id.to_owned())))?
     };
+    let method = req.method().as_str().to_owned();
+    let path = req.uri().path().to_owned();
+    let query = query_pairs(req.uri().query());
+    let body = read_body(node, req.into_body()).await?;
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let signed = SignedRequest {
+        method: &method,
+        path: &path,
+        query: &query,
+        body: &body,
+    };
+    if let Err(e) = verify(&signed, &app.key, &app.secret, now) {
+        // Unauthenticated requests have a budget of their own: they never spend the app's
+        // API rate limit, and beyond their budget they are refused without a log line each.
+        if !node.take_auth_failure_token(&app.id) {
+            return Err(ApiError::new(
+                429,
+                format!("Too many failed authentications for app {}", app.id),
+            ));
+        }
+        return Err(e.into());
+    }
     if !node.take_api_token(&app.id) {
         return Err(ApiError::new(
             429,
@@ -255,43 +280,6 @@ async fn handle_route(
             ),
         ));
     }
-    let method = req.method().as_str().to_owned();
-    let path = req.uri().path().to_owned();
-    let query = query_pairs(req.uri().query());
-    let limit = node.config.server.max_request_bytes;
-    let body = match Limited::new(req.into_body(), limit).collect().await {
-        Ok(b) => b.to_bytes(),
-        Err(e)
-            if e.downcast_ref::<http_body_util::LengthLimitError>()
-                .is_some() =>
-        {
-            return Err(ApiError::new(
-                413,
-                format!("Request body over the limit of {limit} bytes"),
-            ))
-        }
-        Err(e) => {
-            return Err(ApiError::new(
-                400,
-                format!("Could not read the request body: {e}"),
-            ))
-        }
-    };
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
-    verify(
-        &SignedRequest {
-            method: &method,
-            path: &path,
-            query: &query,
-            body: &body,
-        },
-        &app.key,
-        &app.secret,
-        now,
-    )?;
 
     match route.endpoint {
         Endpoint::Events => {
@@ -393,6 +381,35 @@ async fn handle_route(
             node.hub.terminate_user(&app.id, &user_id).await?;
             Ok(json!({}))
         }
+    }
+}
+
+/// Reads a request body within `max_request_bytes` (413) and `body_timeout` (408).
+async fn read_body(node: &Node, body: Incoming) -> Result<Bytes, ApiError> {
+    let limit = node.config.server.max_request_bytes;
+    let timeout = std::time::Duration::from_secs(node.config.server.body_timeout);
+    match tokio::time::timeout(timeout, Limited::new(body, limit).collect()).await {
+        Ok(Ok(b)) => Ok(b.to_bytes()),
+        Ok(Err(e))
+            if e.downcast_ref::<http_body_util::LengthLimitError>()
+                .is_some() =>
+        {
+            Err(ApiError::new(
+                413,
+                format!("Request body over the limit of {limit} bytes"),
+            ))
+        }
+        Ok(Err(e)) => Err(ApiError::new(
+            400,
+            format!("Could not read the request body: {e}"),
+        )),
+        Err(_) => Err(ApiError::new(
+            408,
+            format!(
+                "The request body did not arrive within {} s",
+                timeout.as_secs()
+            ),
+        )),
     }
 }
 

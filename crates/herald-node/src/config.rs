@@ -52,6 +52,17 @@ pub struct ServerConfig {
     pub max_request_bytes: usize,
     /// Pending-connection queue of the public listener (capped by `net.core.somaxconn`).
     pub listen_backlog: u32,
+    /// Seconds a client has to send a complete request head (the WebSocket upgrade or an API
+    /// request); also how long an idle keep-alive HTTP connection is kept.
+    pub header_timeout: u64,
+    /// Seconds an API request body has to arrive in full (408 beyond).
+    pub body_timeout: u64,
+    /// Most connections that are not (yet) WebSockets: handshakes in progress and HTTP API
+    /// connections. Beyond it new connections are closed at once.
+    pub max_http_connections: u64,
+    /// Most connections from one IP address (WebSocket and HTTP); 0 = no limit. Behind a proxy
+    /// or load balancer every client has the proxy's address: leave it off there.
+    pub max_connections_per_ip: u64,
     /// Seconds over which connections are closed (4200) on SIGTERM.
     pub drain_window: u64,
     /// Seconds after SIGTERM at which the process exits regardless.
@@ -72,6 +83,10 @@ impl Default for ServerConfig {
             max_message_bytes: 32 * 1024,
             max_request_bytes: 256 * 1024,
             listen_backlog: 4096,
+            header_timeout: 10,
+            body_timeout: 10,
+            max_http_connections: 10_000,
+            max_connections_per_ip: 0,
             drain_window: 20,
             drain_deadline: 30,
         }
@@ -348,6 +363,15 @@ impl Config {
         if self.server.activity_timeout == 0 {
             return Err("server.activity_timeout must be at least 1 (pusher-js refuses 0)".into());
         }
+        if self.server.header_timeout == 0 || self.server.body_timeout == 0 {
+            return Err(
+                "server.header_timeout and server.body_timeout must be at least 1 second".into(),
+            );
+        }
+        if let Some(id) = &self.server.node_id {
+            check_id("server.node_id", id)?;
+        }
+        check_key_prefix(&self.bus.key_prefix)?;
         if self.server.outbound_queue_bytes < 16 * 1024 {
             return Err("server.outbound_queue_bytes must be at least 16384".into());
         }
@@ -384,6 +408,7 @@ impl Config {
             if app.id.is_empty() || app.key.is_empty() || app.secret.is_empty() {
                 return Err(format!("apps[{i}]: id, key and secret must not be empty"));
             }
+            check_id(&format!("apps[{i}].id"), &app.id)?;
             if !ids.insert(&app.id) {
                 return Err(format!("apps[{i}].id: {:?} is used by two apps", app.id));
             }
@@ -430,7 +455,7 @@ impl Config {
                         .ok()
                         .map(|h| h.trim().to_owned())
                 })
-                .filter(|h| !h.is_empty())
+                .filter(|h| check_id("host name", h).is_ok())
                 .unwrap_or_else(|| "herald".into())
         })
     }
@@ -457,6 +482,38 @@ impl Config {
         }
         serde_json::to_string(&copy).unwrap_or_default()
     }
+}
+
+/// Longest node id or app id.
+pub const MAX_ID_LEN: usize = 64;
+
+/// Node ids and app ids become parts of Redis keys, hash tags and presence socket fields
+/// (`node|socket`): only letters, digits, `.`, `_` and `-`, so that no id can alias another
+/// (`n1` and `n1|x`) or end a hash tag early (`}`).
+pub fn check_id(key: &str, id: &str) -> Result<(), String> {
+    if id.is_empty() || id.len() > MAX_ID_LEN {
+        return Err(format!(
+            "{key}: {id:?} must be 1 to {MAX_ID_LEN} characters"
+        ));
+    }
+    if !id
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+    {
+        return Err(format!(
+            "{key}: {id:?} may contain only letters, digits, '.', '_' and '-'"
+        ));
+    }
+    Ok(())
+}
+
+fn check_key_prefix(prefix: &str) -> Result<(), String> {
+    if prefix.is_empty() || prefix.contains(['{', '}']) || prefix.chars().any(char::is_whitespace) {
+        return Err(format!(
+            "bus.key_prefix: {prefix:?} must be non-empty, without braces or spaces"
+        ));
+    }
+    Ok(())
 }
 
 /// A URL without its credentials and query (which may hold tokens).
@@ -584,6 +641,29 @@ mod tests {
             assert!(load(Some(Path::new("ev.toml")))
                 .expect_err("bad")
                 .contains("member_joined"));
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn ids_that_could_alias_are_refused() {
+        Jail::expect_with(|jail| {
+            for (file, body, key) in [
+                ("n.toml", "[server]\nnode_id = \"n1|x\"\n", "server.node_id"),
+                ("b.toml", "[server]\nnode_id = \"a{b}\"\n", "server.node_id"),
+                (
+                    "a.toml",
+                    "[[apps]]\nid = \"a}b\"\nkey = \"k\"\nsecret = \"s\"\n",
+                    "apps[0].id",
+                ),
+                ("p.toml", "[bus]\nkey_prefix = \"h{x\"\n", "bus.key_prefix"),
+            ] {
+                jail.create_file(file, body)?;
+                let err = load(Some(Path::new(file))).expect_err(file);
+                assert!(err.contains(key), "{file}: {err}");
+            }
+            jail.create_file("ok.toml", "[server]\nnode_id = \"herald-0.eu_1\"\n")?;
+            assert!(load(Some(Path::new("ok.toml"))).is_ok());
             Ok(())
         });
     }

@@ -133,11 +133,7 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
             match opcode {
                 OpCode::Ping => return Ok(Message::Ping(payload)),
                 OpCode::Pong => return Ok(Message::Pong),
-                OpCode::Close => {
-                    return Ok(Message::Close(
-                        (payload.len() >= 2).then(|| u16::from_be_bytes([payload[0], payload[1]])),
-                    ))
-                }
+                OpCode::Close => return close_message(&payload),
                 OpCode::Text | OpCode::Binary => {
                     if self.partial.is_some() {
                         return Err(ReadError::Protocol("new message inside a fragmented one"));
@@ -160,6 +156,27 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
                     return finish(first, data);
                 }
             }
+        }
+    }
+}
+
+/// A client's close frame: empty, or a code RFC 6455 §7.4 allows on the wire followed by a
+/// UTF-8 reason.
+fn close_message(payload: &[u8]) -> Result<Message, ReadError> {
+    match payload {
+        [] => Ok(Message::Close(None)),
+        [_] => Err(ReadError::Protocol("close frame with a one-byte payload")),
+        [hi, lo, reason @ ..] => {
+            let code = u16::from_be_bytes([*hi, *lo]);
+            // 1004-1006 and 1015 are reserved or must never be sent; below 1000 and from 5000
+            // are not close codes; 1016-2999 are unassigned.
+            if !matches!(code, 1000..=1003 | 1007..=1014 | 3000..=4999) {
+                return Err(ReadError::Protocol("invalid close code"));
+            }
+            if std::str::from_utf8(reason).is_err() {
+                return Err(ReadError::BadUtf8);
+            }
+            Ok(Message::Close(Some(code)))
         }
     }
 }
@@ -285,6 +302,41 @@ mod tests {
             let got = read_all(input, 1000).await;
             assert_eq!(got.last(), Some(&Err(want)));
         }
+    }
+
+    #[tokio::test]
+    async fn close_frames_with_forbidden_codes_are_protocol_errors() {
+        for code in [0u16, 999, 1004, 1005, 1006, 1015, 2000, 5000, 65535] {
+            let got = read_all(frame(true, 8, &code.to_be_bytes()), 1000).await;
+            assert_eq!(
+                got[0],
+                Err(ReadError::Protocol("invalid close code")),
+                "code {code}"
+            );
+        }
+        let got = read_all(frame(true, 8, &[3]), 1000).await;
+        assert_eq!(
+            got[0],
+            Err(ReadError::Protocol("close frame with a one-byte payload"))
+        );
+        let mut bad_reason = 1000u16.to_be_bytes().to_vec();
+        bad_reason.extend_from_slice(&[0xff, 0xfe]);
+        assert_eq!(
+            read_all(frame(true, 8, &bad_reason), 1000).await[0],
+            Err(ReadError::BadUtf8)
+        );
+        for code in [1000u16, 1001, 1003, 1011, 3000, 4999] {
+            let mut p = code.to_be_bytes().to_vec();
+            p.extend_from_slice(b"bye");
+            assert_eq!(
+                read_all(frame(true, 8, &p), 1000).await[0],
+                Ok(Message::Close(Some(code)))
+            );
+        }
+        assert_eq!(
+            read_all(frame(true, 8, b""), 1000).await[0],
+            Ok(Message::Close(None))
+        );
     }
 
     #[tokio::test]

@@ -41,6 +41,10 @@ fn describe() {
         "WebSocket connections refused at admission, by reason"
     );
     describe_gauge!(
+        "herald_http_connections",
+        "Accepted connections that are not WebSockets: handshakes in progress and HTTP API connections"
+    );
+    describe_gauge!(
         "herald_subscriptions",
         "Channel subscriptions held by local connections"
     );
@@ -217,6 +221,10 @@ pub fn api_request(endpoint: &'static str, status: u16, seconds: f64) {
     counter!("herald_api_requests_total", "endpoint" => endpoint, "status" => status.to_string())
         .increment(1);
     histogram!("herald_api_request_duration_seconds", "endpoint" => endpoint).record(seconds);
+}
+
+pub fn http_connections(n: u64) {
+    gauge!("herald_http_connections").set(n as f64);
 }
 
 pub fn ready(ready: bool) {

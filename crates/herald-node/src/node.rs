@@ -1,5 +1,7 @@
 //! The running node: its configuration, hub, admission state and shutdown signals.
 
+use std::collections::HashMap;
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
@@ -11,14 +13,26 @@ use tokio_util::sync::CancellationToken;
 use crate::config::Config;
 use crate::metrics;
 
+/// Failed API authentications answered 401 per app and second; beyond, 429 (see
+/// [`Node::take_auth_failure_token`]).
+pub const AUTH_FAILURES_PER_SECOND: u32 = 50;
+
 pub struct Node {
     pub config: Config,
     pub hub: Arc<Hub>,
     draining: AtomicBool,
     open: AtomicU64,
     handshakes: Mutex<TokenBucket>,
-    /// Per-app HTTP API rate limits (apps with `api_requests_per_second`).
-    api_limits: std::collections::HashMap<String, Mutex<TokenBucket>>,
+    /// Per-app HTTP API rate limits (apps with `api_requests_per_second`), taken only by
+    /// authenticated requests.
+    api_limits: HashMap<String, Mutex<TokenBucket>>,
+    /// Per-app budget of failed authentications, separate from `api_limits` so that unsigned
+    /// requests can never use up an app's API rate limit.
+    auth_failures: Mutex<HashMap<String, TokenBucket>>,
+    /// Open TCP connections per client IP (only with `max_connections_per_ip`).
+    per_ip: Mutex<HashMap<IpAddr, u64>>,
+    /// Connections accepted that are not WebSockets (handshakes, API keep-alive).
+    http_connections: AtomicU64,
     /// Cancelled when the node stops accepting connections.
     pub shutdown: CancellationToken,
 }
@@ -31,17 +45,67 @@ impl std::fmt::Debug for Node {
     }
 }
 
-/// Counts an open connection until dropped.
+/// Holds one of the node's `max_connections` slots until dropped; counts the connection in
+/// its app's gauge once admitted.
 pub struct OpenGuard<'a> {
     node: &'a Node,
-    app: String,
+    app: Option<String>,
+}
+
+impl OpenGuard<'_> {
+    /// The connection passed every check: count it for its app.
+    pub fn admitted(&mut self, app: &str) {
+        metrics::connection_gauge(app, 1.0);
+        metrics::opened(app);
+        self.app = Some(app.to_owned());
+    }
 }
 
 impl Drop for OpenGuard<'_> {
     fn drop(&mut self) {
         self.node.open.fetch_sub(1, Ordering::AcqRel);
-        metrics::connection_gauge(&self.app, -1.0);
+        if let Some(app) = &self.app {
+            metrics::connection_gauge(app, -1.0);
+        }
     }
+}
+
+/// Counts an accepted connection against `max_http_connections` until it becomes a
+/// WebSocket or ends (held by the HTTP task).
+pub struct HttpSlot {
+    node: Arc<Node>,
+}
+
+impl Drop for HttpSlot {
+    fn drop(&mut self) {
+        self.node.http_connections.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Counts a connection against `max_connections_per_ip` for as long as it lives, through the
+/// HTTP phase and the WebSocket after it (shared by both tasks).
+pub struct IpSlot {
+    node: Arc<Node>,
+    ip: IpAddr,
+}
+
+impl Drop for IpSlot {
+    fn drop(&mut self) {
+        let mut per_ip = self.node.per_ip.lock();
+        if let Some(n) = per_ip.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                per_ip.remove(&self.ip);
+            }
+        }
+    }
+}
+
+/// Why an accepted TCP connection was closed at once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TcpRefusal {
+    PerIp,
+    HttpConnections,
 }
 
 impl Node {
@@ -65,6 +129,9 @@ impl Node {
             open: AtomicU64::new(0),
             handshakes: Mutex::new(TokenBucket::new(rate)),
             api_limits,
+            auth_failures: Mutex::new(HashMap::new()),
+            per_ip: Mutex::new(HashMap::new()),
+            http_connections: AtomicU64::new(0),
             shutdown: CancellationToken::new(),
         })
     }
@@ -78,29 +145,77 @@ impl Node {
         metrics::draining(true);
     }
 
-    pub fn open_connections(&self) -> u64 {
-        self.open.load(Ordering::Acquire)
-    }
-
-    /// Whether the app may make another API request now.
+    /// Whether the app may make another API request now (authenticated requests only).
     pub fn take_api_token(&self, app_id: &str) -> bool {
         self.api_limits
             .get(app_id)
             .is_none_or(|b| b.lock().try_take())
     }
 
+    /// Whether another failed authentication for the app is answered (401) rather than
+    /// refused outright (429). Bounds the work and logs unsigned requests can cause.
+    pub fn take_auth_failure_token(&self, app_id: &str) -> bool {
+        let mut buckets = self.auth_failures.lock();
+        if let Some(bucket) = buckets.get_mut(app_id) {
+            return bucket.try_take();
+        }
+        // Apps come from configuration, so this map has at most one entry per app.
+        let mut bucket = TokenBucket::new(AUTH_FAILURES_PER_SECOND);
+        let taken = bucket.try_take();
+        buckets.insert(app_id.to_owned(), bucket);
+        taken
+    }
+
+    /// Counts a newly accepted TCP connection, or says why it must be closed at once.
+    pub fn accept_tcp(
+        self: &Arc<Self>,
+        ip: IpAddr,
+    ) -> Result<(HttpSlot, Option<Arc<IpSlot>>), TcpRefusal> {
+        let per_ip = self.config.server.max_connections_per_ip;
+        let ip_slot = if per_ip > 0 {
+            let mut map = self.per_ip.lock();
+            let n = map.entry(ip).or_insert(0);
+            if *n >= per_ip {
+                return Err(TcpRefusal::PerIp);
+            }
+            *n += 1;
+            Some(Arc::new(IpSlot {
+                node: self.clone(),
+                ip,
+            }))
+        } else {
+            None
+        };
+        let limit = self.config.server.max_http_connections;
+        self.http_connections
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < limit).then_some(n + 1)
+            })
+            .map_err(|_| TcpRefusal::HttpConnections)?;
+        Ok((HttpSlot { node: self.clone() }, ip_slot))
+    }
+
+    pub fn http_connections(&self) -> u64 {
+        self.http_connections.load(Ordering::Acquire)
+    }
+
     pub fn take_handshake_token(&self) -> bool {
         self.handshakes.lock().try_take()
     }
 
-    pub fn connection_opened(&self, app: &str) -> OpenGuard<'_> {
-        self.open.fetch_add(1, Ordering::AcqRel);
-        metrics::connection_gauge(app, 1.0);
-        metrics::opened(app);
-        OpenGuard {
-            node: self,
-            app: app.to_owned(),
-        }
+    /// Takes one of the node's `max_connections` slots, atomically with the check, so that
+    /// handshakes waiting on the cluster bus cannot overshoot the limit together.
+    pub fn reserve_connection(&self) -> Option<OpenGuard<'_>> {
+        let max = self.config.server.max_connections;
+        self.open
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < max).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| OpenGuard {
+                node: self,
+                app: None,
+            })
     }
 
     /// Ready to take traffic: not draining and the bus is serving.

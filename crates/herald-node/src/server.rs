@@ -3,6 +3,7 @@
 
 use std::convert::Infallible;
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::Full;
@@ -10,7 +11,7 @@ use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use metrics_exporter_prometheus::PrometheusHandle;
 use serde_json::json;
 use tokio::net::TcpListener;
@@ -18,7 +19,7 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::task::TaskTracker;
 
 use crate::api::{self, json_response, Body};
-use crate::node::Node;
+use crate::node::{IpSlot, Node, TcpRefusal};
 use crate::ws::{self, Handshake};
 
 fn text(status: StatusCode, body: &'static str) -> Response<Body> {
@@ -34,9 +35,34 @@ fn query_param(req: &Request<Incoming>, name: &str) -> Option<String> {
     })
 }
 
+/// Whether `key` is a `Sec-WebSocket-Key`: the base64 form of 16 bytes (RFC 6455 §4.1).
+fn valid_websocket_key(key: &[u8]) -> bool {
+    key.len() == 24
+        && key.ends_with(b"==")
+        && key[..22]
+            .iter()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'/'))
+}
+
+/// Why an upgrade request is not a valid RFC 6455 opening handshake, if it is not.
+fn handshake_error(req: &Request<Incoming>) -> Option<&'static str> {
+    if req.method() != hyper::Method::GET {
+        return Some("a WebSocket handshake is a GET request");
+    }
+    if req.version() != hyper::Version::HTTP_11 {
+        return Some("a WebSocket handshake needs HTTP/1.1");
+    }
+    let key = req.headers().get("Sec-WebSocket-Key")?;
+    if !valid_websocket_key(key.as_bytes()) {
+        return Some("Sec-WebSocket-Key must be 16 bytes in base64");
+    }
+    None
+}
+
 async fn route(
     node: Arc<Node>,
     tracker: TaskTracker,
+    ip_slot: Option<Arc<IpSlot>>,
     mut req: Request<Incoming>,
 ) -> Result<Response<Body>, Infallible> {
     let path = req.uri().path();
@@ -46,6 +72,10 @@ async fn route(
                 StatusCode::UPGRADE_REQUIRED,
                 "This endpoint takes WebSocket connections\n",
             ));
+        }
+        if let Some(why) = handshake_error(&req) {
+            tracing::debug!(why, "bad WebSocket upgrade");
+            return Ok(text(StatusCode::BAD_REQUEST, why));
         }
         let hs = Handshake {
             app_key: key.trim_end_matches('/').to_owned(),
@@ -67,6 +97,8 @@ async fn route(
             }
         };
         tracker.spawn(async move {
+            // The connection keeps counting against its IP while it lives.
+            let _ip_slot = ip_slot;
             match upgrade.await {
                 Ok(ws) => ws::serve(node, ws, hs).await,
                 Err(e) => tracing::debug!(error = %e, "WebSocket upgrade failed"),
@@ -87,15 +119,26 @@ async fn route(
     })
 }
 
+/// An HTTP/1.1 server for one connection: request heads must arrive within `header_timeout`
+/// (which also ends idle keep-alive connections).
+fn http1_builder(header_timeout: Duration) -> http1::Builder {
+    let mut builder = http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(header_timeout);
+    builder
+}
+
 /// Serves HTTP/1.1 (with upgrades) on one accepted connection until it ends or the node shuts
 /// down, then closes idle keep-alive connections gracefully.
-async fn serve_http<I>(node: Arc<Node>, tracker: TaskTracker, io: I)
+async fn serve_http<I>(node: Arc<Node>, tracker: TaskTracker, ip_slot: Option<Arc<IpSlot>>, io: I)
 where
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
 {
     let shutdown = node.shutdown.clone();
-    let service = service_fn(move |req| route(node.clone(), tracker.clone(), req));
-    let conn = http1::Builder::new()
+    let header_timeout = Duration::from_secs(node.config.server.header_timeout);
+    let service = service_fn(move |req| route(node.clone(), tracker.clone(), ip_slot.clone(), req));
+    let conn = http1_builder(header_timeout)
         .serve_connection(io, service)
         .with_upgrades();
     tokio::pin!(conn);
@@ -112,6 +155,60 @@ where
     }
 }
 
+/// A warning logged at most once per interval, with how many were suppressed in between.
+struct RateLimitedLog {
+    every: Duration,
+    last: Option<std::time::Instant>,
+    suppressed: u64,
+}
+
+impl RateLimitedLog {
+    fn new(every: Duration) -> Self {
+        RateLimitedLog {
+            every,
+            last: None,
+            suppressed: 0,
+        }
+    }
+
+    fn warn(&mut self, what: &str, error: &dyn std::fmt::Display) {
+        if self.last.is_some_and(|t| t.elapsed() < self.every) {
+            self.suppressed += 1;
+            return;
+        }
+        tracing::warn!(error = %error, suppressed = self.suppressed, "{what}");
+        self.last = Some(std::time::Instant::now());
+        self.suppressed = 0;
+    }
+}
+
+/// One file descriptor held back for when the process runs out: closing it lets the accept
+/// loop take the waiting connection and close it, instead of spinning on `EMFILE` while the
+/// kernel queue fills.
+struct FdReserve(Option<std::fs::File>);
+
+impl FdReserve {
+    fn new() -> Self {
+        FdReserve(std::fs::File::open("/dev/null").ok())
+    }
+
+    async fn shed_one(&mut self, listener: &TcpListener) {
+        self.0 = None;
+        if let Ok(Ok((stream, _))) =
+            tokio::time::timeout(Duration::from_millis(10), listener.accept()).await
+        {
+            drop(stream);
+            crate::metrics::refused("fd_limit");
+        }
+        self.0 = std::fs::File::open("/dev/null").ok();
+    }
+}
+
+fn out_of_fds(e: &std::io::Error) -> bool {
+    // EMFILE (process limit) and ENFILE (system limit).
+    matches!(e.raw_os_error(), Some(23 | 24))
+}
+
 /// Accepts connections until the node's shutdown token is cancelled.
 pub async fn serve_public(
     node: Arc<Node>,
@@ -119,17 +216,36 @@ pub async fn serve_public(
     tracker: TaskTracker,
     tls: Option<TlsAcceptor>,
 ) {
+    let mut reserve = FdReserve::new();
+    let mut accept_log = RateLimitedLog::new(Duration::from_secs(10));
+    let mut refuse_log = RateLimitedLog::new(Duration::from_secs(10));
     loop {
         let accepted = tokio::select! {
             a = listener.accept() => a,
             _ = node.shutdown.cancelled() => break,
         };
-        let (stream, _peer) = match accepted {
+        let (stream, peer) = match accepted {
             Ok(s) => s,
             Err(e) => {
-                // Out of file descriptors and the like: back off instead of spinning.
-                tracing::warn!(error = %e, "accept failed");
-                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                accept_log.warn("accept failed", &e);
+                if out_of_fds(&e) {
+                    reserve.shed_one(&listener).await;
+                } else {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+                continue;
+            }
+        };
+        let (http_slot, ip_slot) = match node.accept_tcp(peer.ip()) {
+            Ok(slots) => slots,
+            Err(refusal) => {
+                let reason = match refusal {
+                    TcpRefusal::PerIp => "per_ip_limit",
+                    TcpRefusal::HttpConnections => "http_limit",
+                };
+                crate::metrics::refused(reason);
+                refuse_log.warn("connection closed at once", &reason);
+                drop(stream);
                 continue;
             }
         };
@@ -138,16 +254,13 @@ pub async fn serve_public(
         let t = tracker.clone();
         let tls = tls.clone();
         tracker.spawn(async move {
+            let _http_slot = http_slot;
             match tls {
-                None => serve_http(node, t, TokioIo::new(stream)).await,
+                None => serve_http(node, t, ip_slot, TokioIo::new(stream)).await,
                 Some(acceptor) => {
-                    match tokio::time::timeout(
-                        std::time::Duration::from_secs(10),
-                        acceptor.accept(stream),
-                    )
-                    .await
-                    {
-                        Ok(Ok(s)) => serve_http(node, t, TokioIo::new(s)).await,
+                    let handshake = Duration::from_secs(node.config.server.header_timeout);
+                    match tokio::time::timeout(handshake, acceptor.accept(stream)).await {
+                        Ok(Ok(s)) => serve_http(node, t, ip_slot, TokioIo::new(s)).await,
                         Ok(Err(e)) => tracing::debug!(error = %e, "TLS handshake failed"),
                         Err(_) => tracing::debug!("TLS handshake timed out"),
                     }
@@ -165,6 +278,7 @@ async fn admin_route(
     Ok(match req.uri().path() {
         "/metrics" => {
             crate::metrics::runtime(&tokio::runtime::Handle::current());
+            crate::metrics::http_connections(node.http_connections());
             crate::metrics::ready(node.readiness().is_ok());
             let mut res = Response::new(Full::new(Bytes::from(prometheus.render())));
             res.headers_mut().insert(
@@ -195,7 +309,7 @@ pub async fn serve_admin(node: Arc<Node>, listener: TcpListener, prometheus: Pro
         let prometheus = prometheus.clone();
         tokio::spawn(async move {
             let service = service_fn(move |req| admin_route(node.clone(), prometheus.clone(), req));
-            let _ = http1::Builder::new()
+            let _ = http1_builder(Duration::from_secs(10))
                 .serve_connection(TokioIo::new(stream), service)
                 .await;
         });

@@ -20,7 +20,7 @@ use tokio::time::Instant;
 
 use crate::frames::{FrameReader, Message, ReadError};
 use crate::metrics;
-use crate::node::Node;
+use crate::node::{Node, OpenGuard};
 
 /// What the HTTP layer knows of the upgrade request.
 #[derive(Debug)]
@@ -68,8 +68,12 @@ fn push_close(buf: &mut Vec<u8>, code: u16, reason: &str) {
     push_frame(buf, Frame::close(code, &reason.as_bytes()[..end]));
 }
 
-/// Checks the handshake and refuses it with the official code, or admits it.
-fn admit(node: &Node, hs: &Handshake) -> Result<Arc<herald_hub::App>, (u16, String, &'static str)> {
+/// Checks the handshake and refuses it with the official code, or admits it and holds one of
+/// the node's connection slots for it.
+fn admit<'n>(
+    node: &'n Node,
+    hs: &Handshake,
+) -> Result<(Arc<herald_hub::App>, OpenGuard<'n>), (u16, String, &'static str)> {
     if node.is_draining() {
         return Err((
             ErrorCode::OverCapacity.as_u16(),
@@ -113,13 +117,13 @@ fn admit(node: &Node, hs: &Handshake) -> Result<Arc<herald_hub::App>, (u16, Stri
             "origin",
         ));
     }
-    if node.open_connections() >= node.config.server.max_connections {
+    let Some(slot) = node.reserve_connection() else {
         return Err((
             ErrorCode::OverCapacity.as_u16(),
             "Server is over its connection capacity".into(),
             "node_limit",
         ));
-    }
+    };
     if !node.take_handshake_token() {
         return Err((
             ErrorCode::OverCapacity.as_u16(),
@@ -127,7 +131,7 @@ fn admit(node: &Node, hs: &Handshake) -> Result<Arc<herald_hub::App>, (u16, Stri
             "handshake_rate",
         ));
     }
-    Ok(app)
+    Ok((app, slot))
 }
 
 /// Runs an upgraded connection to its end.
@@ -137,8 +141,8 @@ pub async fn serve(
     hs: Handshake,
 ) {
     let mut io = ws.into_inner();
-    let app = match admit(&node, &hs) {
-        Ok(app) => app,
+    let (app, mut slot) = match admit(&node, &hs) {
+        Ok(admitted) => admitted,
         Err((code, message, reason)) => {
             metrics::refused(reason);
             tracing::info!(code, reason, "connection refused");
@@ -179,7 +183,7 @@ pub async fn serve(
 
     let socket_id = SocketId::generate(&mut rand::rng());
     let conn = node.hub.connect(socket_id, app.clone());
-    let _guard = node.connection_opened(&app.id);
+    slot.admitted(&app.id);
     tracing::info!(app = %app.id, %socket_id, "connection opened");
     let session = Session::start(
         node.hub.clone(),

@@ -93,6 +93,7 @@ fn bad(msg: impl Into<String>) -> ProtocolError {
 }
 
 fn parse_json<T: for<'de> Deserialize<'de>>(body: &[u8]) -> Result<T, ProtocolError> {
+    crate::json::check(body).map_err(|e| bad(format!("Request body is not valid JSON: {e}")))?;
     let mut buf = body.to_vec();
     simd_json::serde::from_slice(&mut buf).map_err(|e| {
         bad(format!(
@@ -254,6 +255,20 @@ mod tests {
                 .http_status(),
             400
         );
+    }
+
+    #[test]
+    fn deeply_nested_bodies_are_a_400_not_a_crash() {
+        let deep = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
+        let trigger = format!(r#"{{"name":"e","data":{deep},"channel":"a"}}"#);
+        let batch = format!(r#"{{"batch":[{{"name":"e","data":"x","channel":"a","x":{deep}}}]}}"#);
+        for err in [
+            parse_trigger(trigger.as_bytes(), 10240).expect_err("too deep"),
+            parse_batch(batch.as_bytes(), 10240).expect_err("too deep"),
+        ] {
+            assert_eq!(err.http_status(), 400);
+            assert!(err.to_string().contains("nested more than"), "{err}");
+        }
     }
 
     #[test]

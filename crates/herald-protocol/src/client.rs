@@ -46,6 +46,7 @@ struct Envelope {
 impl ClientMessage {
     /// Decodes one text frame. simd-json parses in place, so the buffer is scratch afterwards.
     pub fn decode(frame: &mut [u8]) -> Result<Self, ProtocolError> {
+        crate::json::check(frame)?;
         let value = simd_json::to_owned_value(frame)
             .map_err(|e| ProtocolError::InvalidJson(e.to_string()))?;
         if !value.is_object() {
@@ -123,6 +124,7 @@ fn object_data(data: Option<OwnedValue>, event: &str) -> Result<OwnedValue, Prot
     let value = match data {
         Some(OwnedValue::String(s)) => {
             let mut bytes = s.into_bytes();
+            crate::json::check(&bytes)?;
             simd_json::to_owned_value(&mut bytes).map_err(|e| {
                 ProtocolError::InvalidMessage(format!(
                     "{event} data is a string that is not JSON: {e}"
@@ -245,6 +247,37 @@ mod tests {
             panic!("not a client event")
         };
         assert_eq!(data, "raw");
+    }
+
+    /// Each of these aborted the process with a stack overflow before depth was bounded.
+    #[test]
+    fn deep_nesting_is_refused_not_recursed_into() {
+        let deep = |n: usize| format!("{}{}", "[".repeat(n), "]".repeat(n));
+        let string_data = serde_json::to_string(&format!(r#"{{"channel":{}}}"#, deep(5000)))
+            .expect("json string");
+        let cases = [
+            format!(r#"{{"event":"pusher:ping","data":{}}}"#, deep(5000)),
+            format!(
+                r#"{{"event":"pusher:ping","x":{},"data":{{}}}}"#,
+                deep(100_000)
+            ),
+            format!(r#"{{"event":"pusher:subscribe","data":{string_data}}}"#),
+            format!(
+                r#"{{"event":"client-x","channel":"private-a","data":{}}}"#,
+                deep(5000)
+            ),
+        ];
+        for case in cases {
+            let err = decode(&case).expect_err("too deep");
+            assert!(err.to_string().contains("nested more than"), "{err}");
+            assert_eq!(err.ws_code(), None, "the connection stays open");
+        }
+        // Ordinary nesting in client events still passes.
+        let ok = format!(
+            r#"{{"event":"client-x","channel":"private-a","data":{{"a":{}}}}}"#,
+            deep(60)
+        );
+        assert!(decode(&ok).is_ok());
     }
 
     #[test]

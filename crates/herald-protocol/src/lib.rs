@@ -15,6 +15,7 @@ pub mod api_auth;
 pub mod channel;
 pub mod client;
 pub mod error;
+pub mod json;
 pub mod presence;
 pub mod server;
 pub mod signature;

@@ -19,6 +19,7 @@ fn parse_object(
     text: &str,
     what: fn(String) -> ProtocolError,
 ) -> Result<OwnedValue, ProtocolError> {
+    crate::json::check(text.as_bytes()).map_err(|e| what(e.to_string()))?;
     let mut bytes = text.as_bytes().to_vec();
     let value =
         simd_json::to_owned_value(&mut bytes).map_err(|e| what(format!("not JSON: {e}")))?;
@@ -156,6 +157,21 @@ mod tests {
         assert!(matches!(
             parse_channel_data(&big, 1024),
             Err(ProtocolError::UserInfoTooLarge(..))
+        ));
+    }
+
+    #[test]
+    fn deep_channel_data_and_user_data_are_refused() {
+        let deep = format!("{}{}", "[".repeat(10_000), "]".repeat(10_000));
+        let cd = format!(r#"{{"user_id":"1","user_info":{deep}}}"#);
+        assert!(matches!(
+            parse_channel_data(&cd, 1 << 20),
+            Err(ProtocolError::InvalidChannelData(m)) if m.contains("nested more than")
+        ));
+        let ud = format!(r#"{{"id":"1","watchlist":{deep}}}"#);
+        assert!(matches!(
+            parse_user_data(&ud, 1 << 20),
+            Err(ProtocolError::InvalidUserData(m)) if m.contains("nested more than")
         ));
     }
 

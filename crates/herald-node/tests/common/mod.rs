@@ -146,6 +146,15 @@ impl Herald {
 
     /// Starts a node with its own id (for cluster tests).
     pub async fn start_node(node_id: &str, server_extra: &str, rest: &str) -> Herald {
+        Self::spawn("", node_id, server_extra, rest).await
+    }
+
+    /// Starts a node through `sh -c "{shell_prefix} exec herald …"` (e.g. `ulimit -n 200;`).
+    pub async fn start_wrapped(shell_prefix: &str, server_extra: &str, rest: &str) -> Herald {
+        Self::spawn(shell_prefix, "test-node", server_extra, rest).await
+    }
+
+    async fn spawn(shell_prefix: &str, node_id: &str, server_extra: &str, rest: &str) -> Herald {
         let port = free_port();
         let admin_port = free_port();
         let dir = tempdir::Dir::new();
@@ -157,9 +166,18 @@ impl Herald {
             .unwrap()
             .write_all(config.as_bytes())
             .unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_herald"))
-            .arg("--config")
-            .arg(&path)
+        let mut command = if shell_prefix.is_empty() {
+            let mut c = Command::new(env!("CARGO_BIN_EXE_herald"));
+            c.arg("--config").arg(&path);
+            c
+        } else {
+            let mut c = Command::new("sh");
+            c.arg("-c")
+                .arg(format!("{shell_prefix} exec \"$0\" --config \"$1\"",));
+            c.arg(env!("CARGO_BIN_EXE_herald")).arg(&path);
+            c
+        };
+        let child = command
             .env(
                 "RUST_LOG",
                 std::env::var("HERALD_TEST_LOG").unwrap_or_else(|_| "warn".into()),
