@@ -158,6 +158,10 @@ pub fn build(cfg: &RedisBusConfig) -> Result<(Client, SubscriberClient, Topology
             // Room for MOVED and ASK during a slot migration: fred 10 ends the whole client
             // when an ASK arrives for a command with no attempts left ("Max attempts reached").
             c.max_command_attempts = 10;
+            // A stalled Redis keeps its TCP connections up: a connection with a command
+            // unanswered this long is closed and reconnected (the recovery round follows).
+            c.unresponsive.max_timeout = Some(cfg.unresponsive_after);
+            c.unresponsive.interval = (cfg.unresponsive_after / 4).max(Duration::from_millis(100));
         })
         .set_policy(ReconnectPolicy::new_constant(
             0,

@@ -45,11 +45,6 @@ impl Keys {
         format!("{}:usersockets", self.tag(app, channel))
     }
 
-    /// String: a cache channel's last event frame, with a TTL.
-    pub fn cache(&self, app: &str, channel: &str) -> String {
-        format!("{}:cache", self.tag(app, channel))
-    }
-
     /// The four keys of a channel, in the order the scripts take them.
     pub fn channel_keys(&self, app: &str, channel: &str) -> Vec<String> {
         vec![
@@ -78,6 +73,24 @@ impl Keys {
     /// Set of `app\tchannel` (and `\tconnections\tapp`) where a node holds state.
     pub fn node_index(&self, node: &str) -> String {
         format!("{}:node:{}:index", self.prefix, node)
+    }
+
+    /// An app's cache channels (all under the app's hash tag, so one script bounds their
+    /// total size): hash channel → last event frame, sorted set channel → expiry (Redis ms),
+    /// and the total size in bytes.
+    pub fn app_cache(&self, app: &str) -> [String; 3] {
+        let tag = format!("{{{}:{}}}", self.prefix, app);
+        [
+            format!("{tag}:cache"),
+            format!("{tag}:cache:expiry"),
+            format!("{tag}:cache:bytes"),
+        ]
+    }
+
+    /// Set when a node's state was removed as dead: if the node was alive after all, it finds
+    /// this when it rejoins and announces its members again.
+    pub fn reaped(&self, node: &str) -> String {
+        format!("{}:reaped:{}", self.prefix, node)
     }
 
     /// Lock taken by the node that cleans up after a dead one.

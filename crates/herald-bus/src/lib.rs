@@ -3,9 +3,10 @@
 //!
 //! - [`wire`]: the message envelope on a channel topic.
 //! - [`keys`]: key and topic names (one hash tag per channel).
-//! - [`scripts`]: Lua for the atomic presence, reaping and connection-limit updates.
+//! - [`scripts`]: Lua for everything that must be atomic: publishing with its receiver check,
+//!   presence, counts, leases, reaping, connection limits and the cache.
 //! - [`connect`]: fred clients for one Redis, Redis Cluster or Sentinel.
-//! - [`bus`]: [`RedisBus`] itself: interest routing, cluster state, leases and recovery.
+//! - [`bus`]: [`RedisBus`] itself, one file per concern (see its module docs).
 //!
 //! It knows nothing of sockets or HTTP; it receives plain settings from the node. ARCHITECTURE.md
 //! describes the design.
@@ -36,7 +37,7 @@ pub struct RedisBusConfig {
     /// This node's id (the pod name in a StatefulSet).
     pub node_id: String,
     /// How long a node's lease lives without renewal; a dead node's state is removed within
-    /// about twice this.
+    /// about 1.34 times this (the lease, then at most a third of it until a survivor looks).
     pub lease: Duration,
     /// How long a topic with no local subscribers stays subscribed (absorbs churn).
     pub unsubscribe_delay: Duration,
@@ -53,6 +54,16 @@ pub struct RedisBusConfig {
     /// (Redis then drops sharded subscriptions without closing the connection).
     pub topology_check: Duration,
     pub command_timeout: Duration,
+    /// How often both connections are pinged; a ping unanswered within `ping_timeout` makes the
+    /// node not ready (a stalled Redis keeps its TCP connections up).
+    pub ping_interval: Duration,
+    pub ping_timeout: Duration,
+    /// A connection with a command unanswered this long is closed and reconnected.
+    pub unresponsive_after: Duration,
+    /// A publish that Redis runs more than this long after the node sent it (a stall, a
+    /// replay after a reconnect) is dropped by Redis itself instead of delivered late; it is
+    /// well under `command_timeout`, so a publish the node gave up on never arrives later.
+    pub publish_window: Duration,
 }
 
 impl RedisBusConfig {
@@ -73,6 +84,10 @@ impl RedisBusConfig {
             startup_wait: Duration::from_secs(30),
             topology_check: Duration::from_millis(250),
             command_timeout: Duration::from_secs(2),
+            ping_interval: Duration::from_millis(500),
+            ping_timeout: Duration::from_millis(1000),
+            unresponsive_after: Duration::from_secs(3),
+            publish_window: Duration::from_millis(1000),
         }
     }
 }

@@ -4,6 +4,9 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+/// Default of [`App::max_cache_bytes`]: 8 MiB.
+pub const DEFAULT_MAX_CACHE_BYTES: u64 = 8 << 20;
+
 /// One app's settings.
 #[derive(Debug, Clone, PartialEq)]
 pub struct App {
@@ -33,6 +36,8 @@ pub struct App {
     pub subscription_count_events: bool,
     /// How long a cache channel keeps its last event.
     pub cache_ttl: Duration,
+    /// Most bytes of cached events the app's cache channels hold together, cluster-wide.
+    pub max_cache_bytes: u64,
     /// HTTP API requests accepted per second (429 beyond); 0 = no limit.
     pub api_requests_per_second: u32,
     /// Log the metadata (never the payload) of every frame of this app's connections.
@@ -60,6 +65,7 @@ impl App {
             watchlist_events: false,
             subscription_count_events: false,
             cache_ttl: Duration::from_secs(30 * 60),
+            max_cache_bytes: DEFAULT_MAX_CACHE_BYTES,
             api_requests_per_second: 0,
             debug_frames: false,
             webhooks: false,

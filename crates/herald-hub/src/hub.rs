@@ -3,25 +3,36 @@
 //! Maps are sharded (`DashMap`) per app; a publish takes a shard lock only long enough to clone
 //! the channel's `Arc`, then a read lock on that one channel while it pushes the shared frame
 //! into each subscriber's bounded queue. Nothing on the publish path waits on a slow client.
+//!
+//! The hub is the only way into the cluster: sessions and the node call hub operations
+//! ([`crate::operations`]), and the hub talks to the [`Broker`] and the [`ClusterState`].
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use dashmap::DashMap;
-use herald_protocol::{ChannelKind, ChannelName, SocketId};
+use herald_protocol::presence::Member;
+use herald_protocol::{server, ChannelKind, ChannelName, ErrorCode, SocketId};
 use parking_lot::RwLock;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::app::{App, Apps};
-use crate::bus::{Bus, BusError, BusMessage, BusPayload, BusSink};
+use crate::cluster::{
+    Broker, BusMessage, BusPayload, BusSink, Cluster, ClusterState, PublishError,
+};
 use crate::connection::Connection;
+use crate::counts::CountNotices;
 use crate::metrics;
 use crate::outbox::Pushed;
+use crate::webhook::{WebhookEvent, WebhookSink};
 
-/// Close code used when the app terminates a user's connections (see docs: 4200 makes
-/// pusher-js reconnect at once, so the app decides by refusing to sign the user in again).
-pub const TERMINATE_CODE: u16 = 4200;
+/// Why connections of a terminated user are closed. They close with 4200
+/// ([`ErrorCode::ReconnectImmediately`]): pusher-js reconnects at once, and the app decides by
+/// refusing to sign the user in again (4009 would stop pusher-js for good).
+pub const TERMINATED: &str = "Connection terminated by the app";
 
 #[derive(Debug, Default)]
 struct LocalChannel {
@@ -41,33 +52,23 @@ pub struct HubConfig {
     pub outbox_bytes: usize,
 }
 
-/// Channels whose subscription count changed, waiting to be announced.
-#[derive(Debug, Default)]
-struct CountNotices {
-    /// channel → how many more rounds to check it (a cluster bus writes counts in batches, so
-    /// a change is read once more after the first look).
-    dirty: HashMap<(Arc<str>, ChannelName), u8>,
-    /// channel → (last count announced, when).
-    sent: HashMap<(Arc<str>, ChannelName), (u64, std::time::Instant)>,
-}
-
-/// Above this many subscribers, subscription counts go out at most every 5 seconds.
-pub const COUNT_THROTTLE_ABOVE: u64 = 100;
-const COUNT_THROTTLE: std::time::Duration = std::time::Duration::from_secs(5);
-const COUNT_TICK: std::time::Duration = std::time::Duration::from_millis(100);
-
 pub struct Hub {
-    webhooks: std::sync::OnceLock<Arc<dyn crate::webhook::WebhookSink>>,
-    counts: parking_lot::Mutex<CountNotices>,
+    pub(crate) webhooks: OnceLock<Arc<dyn WebhookSink>>,
+    pub(crate) counts: parking_lot::Mutex<CountNotices>,
     node_id: Arc<str>,
     /// This process's tag on bus messages: the node id plus a random suffix, so two processes
     /// that were (wrongly) given one node id still deliver each other's messages.
     origin: Arc<str>,
     apps: Apps,
     state: HashMap<String, AppState>,
-    bus: Arc<dyn Bus>,
+    pub(crate) broker: Arc<dyn Broker>,
+    pub(crate) cluster: Arc<dyn ClusterState>,
     connections: DashMap<SocketId, Arc<Connection>>,
     config: HubConfig,
+    /// The hub's own background work (count announcements, departures the cluster reports).
+    pub(crate) tasks: TaskTracker,
+    pub(crate) cancel: CancellationToken,
+    me: std::sync::Weak<Hub>,
 }
 
 impl std::fmt::Debug for Hub {
@@ -87,8 +88,15 @@ pub fn now_us() -> u64 {
 }
 
 impl Hub {
-    /// Builds the hub and attaches it to the bus as the receiver of remote messages.
-    pub fn new(config: HubConfig, apps: Apps, bus: Arc<dyn Bus>) -> Arc<Self> {
+    /// Builds the hub, attaches it to the broker as the receiver of remote messages, and starts
+    /// its background work on `tasks` until `cancel` fires.
+    pub fn new(
+        config: HubConfig,
+        apps: Apps,
+        cluster: Cluster,
+        tasks: TaskTracker,
+        cancel: CancellationToken,
+    ) -> Arc<Self> {
         let state = apps
             .iter()
             .map(|a| {
@@ -100,31 +108,38 @@ impl Hub {
                 )
             })
             .collect();
-        let hub = Arc::new(Hub {
-            webhooks: std::sync::OnceLock::new(),
+        let hub = Arc::new_cyclic(|me| Hub {
+            me: me.clone(),
+            webhooks: OnceLock::new(),
             counts: parking_lot::Mutex::new(CountNotices::default()),
             node_id: Arc::from(config.node_id.as_str()),
             origin: Arc::from(format!("{}#{:016x}", config.node_id, rand::random::<u64>())),
             apps,
             state,
-            bus,
+            broker: cluster.broker,
+            cluster: cluster.state,
             connections: DashMap::new(),
             config,
+            tasks,
+            cancel,
         });
-        hub.bus.attach(hub.clone());
+        hub.broker.attach(hub.clone());
         if tokio::runtime::Handle::try_current().is_ok() {
-            tokio::spawn(count_notifier(Arc::downgrade(&hub)));
+            hub.tasks.spawn(crate::counts::count_notifier(
+                Arc::downgrade(&hub),
+                hub.cancel.clone(),
+            ));
         }
         hub
     }
 
     /// Hands the hub the node's webhook sender. Called once, at start-up.
-    pub fn set_webhooks(&self, sink: Arc<dyn crate::webhook::WebhookSink>) {
+    pub fn set_webhooks(&self, sink: Arc<dyn WebhookSink>) {
         let _ = self.webhooks.set(sink);
     }
 
     /// Emits a webhook event if the app has webhooks. Internal channels never produce any.
-    pub(crate) fn webhook(&self, app_id: &str, event: crate::webhook::WebhookEvent) {
+    pub(crate) fn webhook(&self, app_id: &str, event: WebhookEvent) {
         if event.channel().starts_with('#') {
             return;
         }
@@ -136,89 +151,8 @@ impl Hub {
         }
     }
 
-    /// Notes that a channel's subscription count changed (for `subscription_count` events).
-    pub fn count_changed(&self, app_id: &str, channel: &ChannelName) {
-        let wanted = self
-            .apps
-            .by_id(app_id)
-            .is_some_and(|a| a.subscription_count_events);
-        if !wanted
-            || !matches!(
-                channel.kind(),
-                ChannelKind::Public | ChannelKind::Private | ChannelKind::Encrypted
-            )
-        {
-            return;
-        }
-        self.counts
-            .lock()
-            .dirty
-            .insert((Arc::from(app_id), channel.clone()), 2);
-    }
-
-    /// Announces changed counts cluster-wide; big channels at most every 5 s.
-    async fn announce_counts(&self) {
-        let due: Vec<(Arc<str>, ChannelName)> = {
-            let mut c = self.counts.lock();
-            let keys: Vec<_> = c.dirty.keys().cloned().collect();
-            let mut due = Vec::new();
-            for key in keys {
-                let throttled = c.sent.get(&key).is_some_and(|(n, at)| {
-                    *n > COUNT_THROTTLE_ABOVE && at.elapsed() < COUNT_THROTTLE
-                });
-                if throttled {
-                    continue;
-                }
-                if let Some(rounds) = c.dirty.get_mut(&key) {
-                    *rounds -= 1;
-                    if *rounds == 0 {
-                        c.dirty.remove(&key);
-                    }
-                }
-                due.push(key);
-            }
-            due
-        };
-        for (app_id, channel) in due {
-            let Ok(count) = self.bus.subscription_count(&app_id, &channel).await else {
-                continue;
-            };
-            let key = (app_id.clone(), channel.clone());
-            let unchanged = self
-                .counts
-                .lock()
-                .sent
-                .get(&key)
-                .is_some_and(|(n, _)| *n == count);
-            if unchanged {
-                continue;
-            }
-            {
-                let mut c = self.counts.lock();
-                if count == 0 {
-                    c.sent.remove(&key);
-                } else {
-                    c.sent.insert(key, (count, std::time::Instant::now()));
-                }
-            }
-            if count > 0 {
-                let frame = Bytes::from(herald_protocol::server::subscription_count(
-                    channel.as_str(),
-                    count,
-                ));
-                if let Err(e) = self.publish(&app_id, &channel, frame, None, now_us()).await {
-                    tracing::debug!(error = %e, "subscription count not announced");
-                }
-            }
-        }
-    }
-
     pub fn apps(&self) -> &Apps {
         &self.apps
-    }
-
-    pub fn bus(&self) -> &Arc<dyn Bus> {
-        &self.bus
     }
 
     pub fn node_id(&self) -> &str {
@@ -259,7 +193,7 @@ impl Hub {
             metrics::subscriptions(1.0);
         }
         let n = subs.len();
-        self.bus.set_interest(&conn.app.id, channel, n);
+        self.broker.set_interest(&conn.app.id, channel, n);
         n
     }
 
@@ -275,7 +209,7 @@ impl Hub {
                 metrics::subscriptions(-1.0);
             }
             remaining = subs.len();
-            self.bus.set_interest(&conn.app.id, channel, remaining);
+            self.broker.set_interest(&conn.app.id, channel, remaining);
             remaining == 0
         });
         if removed.is_some() {
@@ -330,8 +264,10 @@ impl Hub {
         delivered
     }
 
-    /// Publishes a frame to a channel cluster-wide: hands it to the bus for the other nodes, then
-    /// delivers it to this node's subscribers. When the bus refuses, nothing is delivered.
+    /// Publishes a frame to a channel cluster-wide: hands it to the broker for the other nodes,
+    /// then delivers it to this node's subscribers. When the broker says nothing was published,
+    /// nothing is delivered here either; when it may have reached other nodes, this node's
+    /// subscribers get it too and the error is returned.
     pub async fn publish(
         &self,
         app_id: &str,
@@ -339,8 +275,9 @@ impl Hub {
         frame: Bytes,
         exclude: Option<SocketId>,
         published_at_us: u64,
-    ) -> Result<usize, BusError> {
-        self.bus
+    ) -> Result<usize, PublishError> {
+        let sent = self
+            .broker
             .publish(BusMessage {
                 origin: self.origin.clone(),
                 app_id: Arc::from(app_id),
@@ -349,22 +286,23 @@ impl Hub {
                 published_at_us,
                 payload: BusPayload::Frame(frame.clone()),
             })
-            .await?;
+            .await;
+        if let Err(e) = &sent {
+            if !e.may_have_been_delivered() {
+                return Err(e.clone());
+            }
+        }
         let n = self.deliver_local(app_id, channel, &frame, exclude, published_at_us);
-        self.record_delivery(n);
-        Ok(n)
-    }
-
-    fn record_delivery(&self, n: usize) {
         metrics::sent_events(n as u64);
+        sent.map(|()| n)
     }
 
     /// Closes every local connection subscribed to `channel` with `code` (terminate).
-    pub fn close_subscribers(
+    pub(crate) fn close_subscribers(
         &self,
         app_id: &str,
         channel: &ChannelName,
-        code: u16,
+        code: ErrorCode,
         message: &str,
     ) -> usize {
         let Some(ch) = self.channel(app_id, channel) else {
@@ -372,16 +310,18 @@ impl Hub {
         };
         let subs = ch.subscribers.read();
         for conn in subs.values() {
-            conn.outbox.close(code, message);
+            conn.outbox.close(code.as_u16(), message);
         }
         subs.len()
     }
 
-    /// Closes a user's connections on every node.
-    pub async fn terminate_user(&self, app_id: &str, user_id: &str) -> Result<(), BusError> {
-        let channel =
-            ChannelName::server_to_user(user_id).map_err(|e| BusError::Backend(e.to_string()))?;
-        self.bus
+    /// Sends a terminate-user message to the other nodes.
+    pub(crate) async fn publish_terminate(
+        &self,
+        app_id: &str,
+        channel: &ChannelName,
+    ) -> Result<(), PublishError> {
+        self.broker
             .publish(BusMessage {
                 origin: self.origin.clone(),
                 app_id: Arc::from(app_id),
@@ -390,47 +330,96 @@ impl Hub {
                 published_at_us: now_us(),
                 payload: BusPayload::TerminateUser,
             })
-            .await?;
-        self.close_subscribers(
-            app_id,
-            &channel,
-            TERMINATE_CODE,
-            "Connection terminated by the app",
-        );
-        Ok(())
-    }
-}
-
-async fn count_notifier(hub: std::sync::Weak<Hub>) {
-    let mut tick = tokio::time::interval(COUNT_TICK);
-    loop {
-        tick.tick().await;
-        let Some(hub) = hub.upgrade() else { return };
-        hub.announce_counts().await;
-    }
-}
-
-impl BusSink for Hub {
-    fn channel_occupancy(&self, app_id: &str, channel: &ChannelName, occupied: bool) {
-        let channel = channel.to_string();
-        let event = if occupied {
-            crate::webhook::WebhookEvent::ChannelOccupied { channel }
-        } else {
-            crate::webhook::WebhookEvent::ChannelVacated { channel }
-        };
-        self.webhook(app_id, event);
+            .await
     }
 
-    fn member_removed(&self, app_id: &str, channel: &ChannelName, user_id: &str) {
+    /// Announces a member's departure on its channel, cluster-wide: `member_removed` to the
+    /// channel's subscribers and the webhook; for a user channel (the user's last sign-in is
+    /// gone), `offline` to the users watching it.
+    pub(crate) async fn announce_departure(&self, app: &App, channel: &ChannelName, user_id: &str) {
+        if channel.kind() == ChannelKind::ServerToUser {
+            if app.watchlist_events {
+                self.publish_online_state(&app.id, user_id, false).await;
+            }
+            return;
+        }
         self.webhook(
-            app_id,
-            crate::webhook::WebhookEvent::MemberRemoved {
+            &app.id,
+            WebhookEvent::MemberRemoved {
                 channel: channel.to_string(),
                 user_id: user_id.to_owned(),
             },
         );
+        let frame = Bytes::from(server::member_removed(channel.as_str(), user_id));
+        if let Err(e) = self.publish(&app.id, channel, frame, None, now_us()).await {
+            tracing::warn!(app = %app.id, error = %e, "member_removed not published");
+        }
     }
 
+    /// Announces a member's arrival: `member_added` to the channel's subscribers but `exclude`
+    /// and the webhook; for a user channel, `online` to the users watching it.
+    pub(crate) async fn announce_arrival(
+        &self,
+        app: &App,
+        channel: &ChannelName,
+        member: &Member,
+        exclude: Option<SocketId>,
+    ) {
+        if channel.kind() == ChannelKind::ServerToUser {
+            if app.watchlist_events {
+                self.publish_online_state(&app.id, &member.user_id, true)
+                    .await;
+            }
+            return;
+        }
+        self.webhook(
+            &app.id,
+            WebhookEvent::MemberAdded {
+                channel: channel.to_string(),
+                user_id: member.user_id.clone(),
+            },
+        );
+        let frame = Bytes::from(server::member_added(channel.as_str(), member));
+        if let Err(e) = self
+            .publish(&app.id, channel, frame, exclude, now_us())
+            .await
+        {
+            tracing::warn!(app = %app.id, error = %e, "member_added not published");
+        }
+    }
+
+    /// Publishes a user's online or offline change to the connections watching it.
+    pub(crate) async fn publish_online_state(&self, app_id: &str, user_id: &str, online: bool) {
+        let Ok(channel) = ChannelName::watchlist(user_id) else {
+            return;
+        };
+        let ids = [user_id.to_owned()];
+        let frame = if online {
+            server::watchlist_events(&ids, &[])
+        } else {
+            server::watchlist_events(&[], &ids)
+        };
+        if let Err(e) = self
+            .publish(app_id, &channel, Bytes::from(frame), None, now_us())
+            .await
+        {
+            tracing::warn!(app = %app_id, error = %e, "watchlist change not published");
+        }
+    }
+
+    /// Runs `work` on the hub's task tracker (announcements the cluster asks for from a
+    /// callback that must not block).
+    fn spawn<F>(self: &Arc<Self>, work: F)
+    where
+        F: std::future::Future<Output = ()> + Send + 'static,
+    {
+        if tokio::runtime::Handle::try_current().is_ok() {
+            self.tasks.spawn(work);
+        }
+    }
+}
+
+impl BusSink for Hub {
     fn deliver(&self, msg: BusMessage) {
         if msg.origin == self.origin {
             return; // delivered locally when it was published
@@ -444,16 +433,59 @@ impl BusSink for Hub {
                     msg.exclude,
                     msg.published_at_us,
                 );
-                self.record_delivery(n);
+                metrics::sent_events(n as u64);
             }
             BusPayload::TerminateUser => {
                 self.close_subscribers(
                     &msg.app_id,
                     &msg.channel,
-                    TERMINATE_CODE,
-                    "Connection terminated by the app",
+                    ErrorCode::ReconnectImmediately,
+                    TERMINATED,
                 );
             }
         }
+    }
+
+    fn channel_occupancy(&self, app_id: &str, channel: &ChannelName, occupied: bool) {
+        let channel = channel.to_string();
+        let event = if occupied {
+            WebhookEvent::ChannelOccupied { channel }
+        } else {
+            WebhookEvent::ChannelVacated { channel }
+        };
+        self.webhook(app_id, event);
+    }
+
+    fn members_departed(&self, app_id: &str, channel: &ChannelName, user_ids: Vec<String>) {
+        let Some(hub) = self.me() else { return };
+        let Some(app) = self.apps.by_id(app_id).cloned() else {
+            return;
+        };
+        let channel = channel.clone();
+        hub.clone().spawn(async move {
+            for user_id in user_ids {
+                hub.announce_departure(&app, &channel, &user_id).await;
+            }
+        });
+    }
+
+    fn members_returned(&self, app_id: &str, channel: &ChannelName, members: Vec<Member>) {
+        let Some(hub) = self.me() else { return };
+        let Some(app) = self.apps.by_id(app_id).cloned() else {
+            return;
+        };
+        let channel = channel.clone();
+        hub.clone().spawn(async move {
+            for member in members {
+                hub.announce_arrival(&app, &channel, &member, None).await;
+            }
+        });
+    }
+}
+
+impl Hub {
+    /// The hub's own `Arc`, for callbacks that start work.
+    fn me(&self) -> Option<Arc<Hub>> {
+        self.me.upgrade()
     }
 }

@@ -2,29 +2,40 @@
 //!
 //! The hub owns everything about the connections of one node that is not a socket: apps and
 //! their limits ([`app`]), each connection's bounded outbound queue ([`outbox`]) and handle
-//! ([`connection`]), channel subscriptions and fan-out ([`hub`]), and each connection's protocol
-//! state machine ([`session`]). Cluster-wide questions (presence members, counts, publishing to
-//! other nodes) go through the [`bus::Bus`] trait; [`bus::LocalBus`] is the single-node one.
+//! ([`connection`]), channel subscriptions and fan-out ([`hub`]), each connection's protocol
+//! state machine ([`session`]), and the operations the node performs for API callers
+//! ([`operations`]). It is the only way into the cluster: publications and interest go through
+//! a [`cluster::Broker`], cluster-wide questions through a [`cluster::ClusterState`]
+//! ([`LocalBus`] is both for a single node; the Redis implementation lives in `herald-bus`).
+//! Every failure is mapped to what clients are told in one place ([`errors`]).
 //!
 //! It knows no sockets, no HTTP and no Redis: the node feeds it decoded frames and drains the
-//! outbound queues; the Redis bus lives in `herald-bus`.
+//! outbound queues.
 
 pub mod app;
-pub mod bus;
+pub mod cluster;
 pub mod connection;
+mod counts;
+pub mod errors;
 pub mod hub;
+pub mod local_bus;
 pub mod metrics;
+pub mod operations;
 pub mod outbox;
 pub mod rate;
 pub mod session;
 pub mod webhook;
 
 pub use app::{App, Apps};
-pub use bus::{
-    Bus, BusError, BusMessage, BusPayload, BusSink, ChannelStats, LocalBus, PresenceJoin,
+pub use cluster::{
+    Broker, BusError, BusMessage, BusPayload, BusSink, CachePut, ChannelStats, Cluster,
+    ClusterState, PresenceJoin, PublishError,
 };
 pub use connection::Connection;
+pub use errors::{Refusal, SubscribeError, TriggerError, TriggerFailure};
 pub use hub::{Hub, HubConfig};
+pub use local_bus::LocalBus;
+pub use operations::ChannelInfo;
 pub use outbox::{CloseReason, Outbox, Pushed};
 pub use session::Session;
 pub use webhook::{WebhookEvent, WebhookSink};

@@ -14,6 +14,10 @@ pub const SLOW_CLIENTS: &str = "herald_slow_client_disconnects_total";
 pub const RATE_LIMITED: &str = "herald_client_events_rate_limited_total";
 pub const PUBLISH_DELIVERY: &str = "herald_publish_delivery_seconds";
 
+pub fn cache_refused(app: &str) {
+    counter!("herald_cache_refused_total", "app" => app.to_owned()).increment(1);
+}
+
 pub fn slow_client(app: &str) {
     counter!(SLOW_CLIENTS, "app" => app.to_owned()).increment(1);
 }

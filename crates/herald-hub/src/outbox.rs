@@ -60,8 +60,8 @@ pub struct Outbox {
     limit: usize,
 }
 
-/// Close code for a client that cannot keep up (pusher-js reconnects after a back-off).
-pub const SLOW_CLIENT_CODE: u16 = 4100;
+/// Close code for a client that cannot keep up (4100: pusher-js reconnects after a back-off).
+pub const SLOW_CLIENT_CODE: u16 = herald_protocol::ErrorCode::OverCapacity as u16;
 
 impl Outbox {
     pub fn new(limit_bytes: usize) -> Self {

@@ -10,8 +10,9 @@ use herald_protocol::presence::{parse_channel_data, parse_user_data, Member, Use
 use herald_protocol::signature::{channel_auth_input, user_auth_input, verify_auth};
 use herald_protocol::{server, ChannelKind, ChannelName, ClientMessage, ErrorCode, ProtocolError};
 
-use crate::bus::PresenceJoin;
+use crate::cluster::PresenceJoin;
 use crate::connection::Connection;
+use crate::errors::SubscribeError;
 use crate::hub::{now_us, Hub};
 use crate::metrics;
 use crate::rate::TokenBucket;
@@ -92,7 +93,8 @@ impl Session {
                 ClientMessage::Signin { .. } => ("pusher:signin", None),
                 ClientMessage::ClientEvent { channel, .. } => ("client event", Some(channel)),
             };
-            tracing::info!(app = %self.conn.app.id, socket_id = %self.conn.socket_id, kind, channel = ?channel.map(|c| c.as_str()), "frame received");
+            let channel = channel.map_or("", |c| c.as_str());
+            tracing::info!(app = %self.conn.app.id, socket_id = %self.conn.socket_id, kind, channel, "frame received");
         }
         match msg {
             ClientMessage::Ping => {
@@ -119,15 +121,12 @@ impl Session {
             }
             ClientMessage::Signin { auth, user_data } => {
                 metrics::received("signin");
-                match self.signin(&auth, &user_data).await {
-                    Ok(()) => {}
-                    Err(SubscribeError::Protocol(e)) => self
-                        .conn
-                        .send_error(e.ws_code().map(ErrorCode::as_u16), &e.to_string()),
-                    Err(SubscribeError::Forbidden(m)) => self.conn.send_error(None, &m),
-                    Err(SubscribeError::Bus(e)) => {
-                        self.conn.send_error(None, &format!("Sign-in failed: {e}"))
-                    }
+                if let Err(e) = self.signin(&auth, &user_data).await {
+                    let message = match &e {
+                        SubscribeError::Bus(b) => format!("Sign-in failed: {b}"),
+                        other => other.to_string(),
+                    };
+                    self.conn.send_error(e.ws_code(), &message);
                 }
             }
             ClientMessage::ClientEvent {
@@ -148,29 +147,16 @@ impl Session {
         if let SubscribeError::Protocol(ProtocolError::InvalidSignature { .. }) = e {
             tracing::info!(app = %self.conn.app.id, socket_id = %self.conn.socket_id, "subscription refused: invalid signature");
         }
-        let (kind, status, message) = match e {
-            SubscribeError::Protocol(
-                p @ (ProtocolError::InvalidSignature { .. } | ProtocolError::AuthRequired(_)),
-            ) => ("AuthError", 401, p.to_string()),
-            SubscribeError::Protocol(p @ ProtocolError::AlreadySubscribed(_)) => {
-                // The existing subscription keeps working: no channel-scoped error.
-                self.conn.send_error(None, &p.to_string());
-                return;
-            }
-            SubscribeError::Protocol(
-                p @ (ProtocolError::PresenceFull(..) | ProtocolError::UserInfoTooLarge(..)),
-            ) => ("LimitReached", 4100, p.to_string()),
-            SubscribeError::Protocol(p) => ("ValidationError", 400, p.to_string()),
-            SubscribeError::Forbidden(m) => ("AuthError", 403, m.clone()),
-            SubscribeError::Bus(b) => ("ServerError", 503, b.to_string()),
-        };
-        self.conn.send_error(None, &message);
-        self.conn.send(server::subscription_error(
-            channel.as_str(),
-            kind,
-            &message,
-            status,
-        ));
+        let message = e.to_string();
+        self.conn.send_error(e.ws_code(), &message);
+        if let Some((kind, status)) = e.subscription_error() {
+            self.conn.send(server::subscription_error(
+                channel.as_str(),
+                kind,
+                &message,
+                status,
+            ));
+        }
     }
 
     async fn subscribe(
@@ -242,7 +228,7 @@ impl Session {
             Some(member) => {
                 let join = self
                     .hub
-                    .bus()
+                    .cluster
                     .presence_join(
                         &app.id,
                         channel,
@@ -277,10 +263,12 @@ impl Session {
         if channel.kind().needs_auth() {
             self.conn.set_authorized();
         }
-        // The first local subscriber waits until this node receives the channel's topic.
-        if let Err(e) = self.hub.bus().await_interest(&app.id, channel).await {
+        // The first local subscriber waits until this node receives the channel's topic and
+        // the cluster counts it.
+        if let Err(e) = self.hub.broker.await_interest(&app.id, channel).await {
             if let Some(sub) = self.subscriptions.remove(channel) {
-                self.leave(channel, sub).await;
+                // Nobody was told this member arrived: it leaves without an announcement.
+                self.leave_quietly(channel, sub).await;
             }
             return Err(SubscribeError::Bus(e));
         }
@@ -297,21 +285,9 @@ impl Session {
             self.send_cached(channel).await;
         }
         if let Some((member, true, _)) = &joined {
-            self.hub.webhook(
-                &app.id,
-                WebhookEvent::MemberAdded {
-                    channel: channel.to_string(),
-                    user_id: member.user_id.clone(),
-                },
-            );
-            let frame = Bytes::from(server::member_added(channel.as_str(), member));
-            if let Err(e) = self
-                .hub
-                .publish(&app.id, channel, frame, Some(socket_id), now_us())
-                .await
-            {
-                tracing::warn!(app = %app.id, error = %e, "member_added not published");
-            }
+            self.hub
+                .announce_arrival(&app, channel, member, Some(socket_id))
+                .await;
         }
         self.hub.count_changed(&app.id, channel);
         Ok(())
@@ -319,7 +295,7 @@ impl Session {
 
     /// A cache channel's last event for a new subscriber, or `pusher:cache_miss`.
     async fn send_cached(&self, channel: &ChannelName) {
-        match self.hub.bus().cache_get(&self.conn.app.id, channel).await {
+        match self.hub.cluster.cache_get(&self.conn.app.id, channel).await {
             Ok(Some((frame, _))) => self.conn.send(frame),
             Ok(None) => {
                 self.hub.webhook(
@@ -351,73 +327,41 @@ impl Session {
     }
 
     async fn leave(&self, channel: &ChannelName, sub: Subscription) {
+        if let Some(user_id) = self.remove_membership(channel, sub).await {
+            self.hub
+                .announce_departure(&self.conn.app, channel, &user_id)
+                .await;
+        }
+    }
+
+    /// Leaves without announcing a departure: for a member whose arrival was never announced.
+    async fn leave_quietly(&self, channel: &ChannelName, sub: Subscription) {
+        self.remove_membership(channel, sub).await;
+    }
+
+    /// Drops the local subscription and the presence membership; returns the user whose last
+    /// socket on the channel this was. A leave the cluster cannot record now is announced by
+    /// the cluster later (see `ClusterState::presence_leave`).
+    async fn remove_membership(&self, channel: &ChannelName, sub: Subscription) -> Option<String> {
         let app = &self.conn.app;
         self.hub.remove_subscriber(&self.conn, channel);
         self.hub.count_changed(&app.id, channel);
-        let Some(user_id) = sub.presence_user else {
-            return;
-        };
-        let user_channel = channel.kind() == ChannelKind::ServerToUser;
-        if !user_channel {
+        let user_id = sub.presence_user?;
+        if channel.kind() != ChannelKind::ServerToUser {
             metrics::presence_members(-1.0);
         }
         match self
             .hub
-            .bus()
+            .cluster
             .presence_leave(&app.id, channel, &user_id, self.conn.socket_id)
             .await
         {
-            Ok(true) if user_channel => {
-                // The user's last sign-in anywhere is gone: tell its watchers.
-                if app.watchlist_events {
-                    self.publish_online_state(&user_id, false).await;
-                }
+            Ok(true) => Some(user_id),
+            Ok(false) => None,
+            Err(e) => {
+                tracing::warn!(app = %app.id, error = %e, "presence leave deferred until the cluster bus is back");
+                None
             }
-            Ok(true) => {
-                self.hub.webhook(
-                    &app.id,
-                    WebhookEvent::MemberRemoved {
-                        channel: channel.to_string(),
-                        user_id: user_id.clone(),
-                    },
-                );
-                let frame = Bytes::from(server::member_removed(channel.as_str(), &user_id));
-                if let Err(e) = self
-                    .hub
-                    .publish(&app.id, channel, frame, None, now_us())
-                    .await
-                {
-                    tracing::warn!(app = %app.id, error = %e, "member_removed not published");
-                }
-            }
-            Ok(false) => {}
-            Err(e) => tracing::warn!(app = %app.id, error = %e, "presence leave not recorded"),
-        }
-    }
-
-    /// Publishes a user's online or offline change to the connections watching it.
-    async fn publish_online_state(&self, user_id: &str, online: bool) {
-        let Ok(channel) = ChannelName::watchlist(user_id) else {
-            return;
-        };
-        let ids = [user_id.to_owned()];
-        let frame = if online {
-            server::watchlist_events(&ids, &[])
-        } else {
-            server::watchlist_events(&[], &ids)
-        };
-        if let Err(e) = self
-            .hub
-            .publish(
-                &self.conn.app.id,
-                &channel,
-                Bytes::from(frame),
-                None,
-                now_us(),
-            )
-            .await
-        {
-            tracing::warn!(app = %self.conn.app.id, error = %e, "watchlist change not published");
         }
     }
 
@@ -454,7 +398,7 @@ impl Session {
         };
         let first = match self
             .hub
-            .bus()
+            .cluster
             .presence_join(&app.id, &channel, &member, self.conn.socket_id, usize::MAX)
             .await
         {
@@ -475,7 +419,7 @@ impl Session {
 
         if app.watchlist_events {
             if first {
-                self.publish_online_state(&user.id, true).await;
+                self.hub.publish_online_state(&app.id, &user.id, true).await;
             }
             if watchlist_too_long {
                 self.conn.send_error(
@@ -500,6 +444,17 @@ impl Session {
             if self.subscriptions.contains_key(&channel) {
                 continue;
             }
+            // Watched users take channel slots like any subscription.
+            if self.subscriptions.len() >= app.max_channels_per_connection {
+                self.conn.send_error(
+                    Some(ErrorCode::WatchlistLimit.as_u16()),
+                    &format!(
+                        "Watchlist cut short: the connection holds its maximum of {} channels",
+                        app.max_channels_per_connection
+                    ),
+                );
+                break;
+            }
             self.hub.add_subscriber(&self.conn, &channel);
             self.subscriptions.insert(
                 channel.clone(),
@@ -507,7 +462,7 @@ impl Session {
                     presence_user: None,
                 },
             );
-            if let Err(e) = self.hub.bus().await_interest(&app.id, &channel).await {
+            if let Err(e) = self.hub.broker.await_interest(&app.id, &channel).await {
                 tracing::warn!(app = %app.id, error = %e, "watchlist subscription not confirmed");
             }
             watched.push(id.clone());
@@ -515,7 +470,7 @@ impl Session {
         if watched.is_empty() {
             return;
         }
-        match self.hub.bus().users_online(&app.id, &watched).await {
+        match self.hub.cluster.users_online(&app.id, &watched).await {
             Ok(states) => {
                 let (mut online, mut offline) = (Vec::new(), Vec::new());
                 for (id, is_online) in watched.into_iter().zip(states) {
@@ -596,19 +551,6 @@ impl Session {
             self.leave(&channel, sub).await;
         }
         self.hub.forget(self.conn.socket_id);
-        self.hub.bus().connection_closed(&self.conn.app.id);
-    }
-}
-
-#[derive(Debug)]
-enum SubscribeError {
-    Protocol(ProtocolError),
-    Forbidden(String),
-    Bus(crate::bus::BusError),
-}
-
-impl From<ProtocolError> for SubscribeError {
-    fn from(e: ProtocolError) -> Self {
-        SubscribeError::Protocol(e)
+        self.hub.cluster.connection_closed(&self.conn.app.id);
     }
 }

@@ -3,10 +3,12 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
-use herald_hub::{App, Apps, Connection, Hub, HubConfig, LocalBus, Session};
+use herald_hub::{App, Apps, Cluster, Connection, Hub, HubConfig, Session};
 use herald_protocol::signature::{channel_auth_input, sign};
 use herald_protocol::{ChannelName, SocketId};
 use serde_json::{json, Value};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 fn hub(outbox_bytes: usize) -> Arc<Hub> {
     let mut app = App::new("app", "key", "secret");
@@ -17,7 +19,9 @@ fn hub(outbox_bytes: usize) -> Arc<Hub> {
             outbox_bytes,
         },
         Apps::new([app]),
-        Arc::new(LocalBus::new()),
+        Cluster::local(),
+        TaskTracker::new(),
+        CancellationToken::new(),
     )
 }
 

@@ -5,10 +5,10 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use herald_hub::hub::now_us;
-use herald_hub::{App, BusError};
-use herald_protocol::api::{parse_batch, parse_trigger, InfoAttrs, Publish};
+use herald_hub::{BusError, ChannelInfo, PublishError, TriggerError};
+use herald_protocol::api::{parse_batch, parse_trigger, InfoAttrs};
 use herald_protocol::api_auth::{verify, SignedRequest};
-use herald_protocol::{server, ChannelKind, ChannelName, ProtocolError};
+use herald_protocol::{ChannelKind, ChannelName, ProtocolError};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper::{Method, Request, Response, StatusCode};
@@ -44,9 +44,26 @@ impl From<ProtocolError> for ApiError {
 impl From<BusError> for ApiError {
     fn from(e: BusError) -> Self {
         ApiError::new(
-            503,
-            format!("Service unavailable: {e}. Nothing was published; retry later."),
+            e.http_status(),
+            format!("Service unavailable: {e}; retry later"),
         )
+    }
+}
+
+impl From<TriggerError> for ApiError {
+    fn from(e: TriggerError) -> Self {
+        let advice = match e.http_status() {
+            503 => " Nothing was published; retry later.",
+            504 => " Retrying may deliver the event twice.",
+            _ => "",
+        };
+        ApiError::new(e.http_status(), format!("{e}.{advice}"))
+    }
+}
+
+impl From<PublishError> for ApiError {
+    fn from(e: PublishError) -> Self {
+        ApiError::new(e.http_status(), e.to_string())
     }
 }
 
@@ -284,15 +301,12 @@ async fn handle_route(
     match route.endpoint {
         Endpoint::Events => {
             let publish = parse_trigger(&body, app.max_event_data_bytes)?;
-            let info = publish.info;
-            trigger(node, &app, &publish, arrived_us).await?;
-            if info.any() {
+            node.hub.trigger(&app, &publish, arrived_us).await?;
+            if publish.info.any() {
                 let mut channels = Map::new();
                 for ch in &publish.channels {
-                    channels.insert(
-                        ch.to_string(),
-                        Value::Object(channel_attrs(node, &app, ch, info).await?),
-                    );
+                    let info = node.hub.channel_info(&app, ch, publish.info).await?;
+                    channels.insert(ch.to_string(), Value::Object(attrs(&info)));
                 }
                 Ok(json!({ "channels": channels }))
             } else {
@@ -302,18 +316,16 @@ async fn handle_route(
         Endpoint::BatchEvents => {
             let batch = parse_batch(&body, app.max_event_data_bytes)?;
             for publish in &batch {
-                trigger(node, &app, publish, arrived_us).await?;
+                node.hub.trigger(&app, publish, arrived_us).await?;
             }
             if batch.iter().any(|p| p.info.any()) {
                 let mut out = Vec::new();
                 for p in &batch {
-                    let mut attrs = Map::new();
-                    if p.info.any() {
-                        if let Some(ch) = p.channels.first() {
-                            attrs = channel_attrs(node, &app, ch, p.info).await?;
-                        }
+                    let mut a = Map::new();
+                    if let (true, Some(ch)) = (p.info.any(), p.channels.first()) {
+                        a = attrs(&node.hub.channel_info(&app, ch, p.info).await?);
                     }
-                    out.push(Value::Object(attrs));
+                    out.push(Value::Object(a));
                 }
                 Ok(json!({ "batch": out }))
             } else {
@@ -336,18 +348,15 @@ async fn handle_route(
                 ));
             }
             let mut channels = Map::new();
-            for stats in node.hub.bus().channels(&app.id, prefix).await? {
-                if stats.name.starts_with('#') || stats.subscription_count == 0 {
-                    continue;
-                }
-                let mut attrs = Map::new();
+            for stats in node.hub.occupied_channels(&app, prefix).await? {
+                let mut a = Map::new();
                 if info.user_count {
-                    attrs.insert("user_count".into(), json!(stats.user_count.unwrap_or(0)));
+                    a.insert("user_count".into(), json!(stats.user_count.unwrap_or(0)));
                 }
                 if info.subscription_count {
-                    attrs.insert("subscription_count".into(), json!(stats.subscription_count));
+                    a.insert("subscription_count".into(), json!(stats.subscription_count));
                 }
-                channels.insert(stats.name, Value::Object(attrs));
+                channels.insert(stats.name, Value::Object(a));
             }
             Ok(json!({ "channels": channels }))
         }
@@ -355,11 +364,11 @@ async fn handle_route(
             let channel = ChannelName::parse(route.name.as_deref().unwrap_or(""))?;
             let info = InfoAttrs::parse(param(&query, "info"))?;
             info.check_for(&channel)?;
-            let subs = node.hub.bus().subscription_count(&app.id, &channel).await?;
-            let mut attrs = Map::new();
-            attrs.insert("occupied".into(), json!(subs > 0));
-            attrs.extend(channel_attrs(node, &app, &channel, info).await?);
-            Ok(Value::Object(attrs))
+            let found = node.hub.channel_info(&app, &channel, info).await?;
+            let mut a = Map::new();
+            a.insert("occupied".into(), json!(found.occupied));
+            a.extend(attrs(&found));
+            Ok(Value::Object(a))
         }
         Endpoint::Users => {
             let channel = ChannelName::parse(route.name.as_deref().unwrap_or(""))?;
@@ -369,7 +378,7 @@ async fn handle_route(
                     format!("Users are only available for presence channels, not {channel}"),
                 ));
             }
-            let members = node.hub.bus().presence_members(&app.id, &channel).await?;
+            let members = node.hub.presence_users(&app, &channel).await?;
             let users: Vec<Value> = members.iter().map(|m| json!({ "id": m.user_id })).collect();
             Ok(json!({ "users": users }))
         }
@@ -378,7 +387,8 @@ async fn handle_route(
             if user_id.is_empty() {
                 return Err(ApiError::new(400, "The user id is empty"));
             }
-            node.hub.terminate_user(&app.id, &user_id).await?;
+            let user_channel = ChannelName::server_to_user(&user_id)?;
+            node.hub.terminate_user(&app, &user_channel).await?;
             Ok(json!({}))
         }
     }
@@ -413,66 +423,26 @@ async fn read_body(node: &Node, body: Incoming) -> Result<Bytes, ApiError> {
     }
 }
 
-/// Publishes one event to each of its channels.
-async fn trigger(
-    node: &Node,
-    app: &App,
-    publish: &Publish,
-    arrived_us: u64,
-) -> Result<(), ApiError> {
-    if !node.hub.bus().is_ready() {
-        return Err(BusError::Unavailable("not connected".into()).into());
+/// The `info` attributes of one channel, as the API shows them.
+fn attrs(info: &ChannelInfo) -> Map<String, Value> {
+    let mut a = Map::new();
+    if let Some(n) = info.subscription_count {
+        a.insert("subscription_count".into(), json!(n));
     }
-    for channel in &publish.channels {
-        let frame = Bytes::from(server::channel_event(
-            &publish.name,
-            channel.as_str(),
-            &publish.data,
-            None,
-        ));
-        if channel.is_cache() {
-            node.hub
-                .bus()
-                .cache_put(&app.id, channel, frame.clone(), app.cache_ttl)
-                .await?;
-        }
-        node.hub
-            .publish(&app.id, channel, frame, publish.socket_id, arrived_us)
-            .await?;
+    if let Some(n) = info.user_count {
+        a.insert("user_count".into(), json!(n));
     }
-    Ok(())
-}
-
-/// The `info` attributes of one channel.
-async fn channel_attrs(
-    node: &Node,
-    app: &App,
-    channel: &ChannelName,
-    info: InfoAttrs,
-) -> Result<Map<String, Value>, ApiError> {
-    let mut attrs = Map::new();
-    if info.subscription_count {
-        attrs.insert(
-            "subscription_count".into(),
-            json!(node.hub.bus().subscription_count(&app.id, channel).await?),
-        );
-    }
-    if info.user_count && channel.kind() == ChannelKind::Presence {
-        let members = node.hub.bus().presence_members(&app.id, channel).await?;
-        attrs.insert("user_count".into(), json!(members.len()));
-    }
-    if info.cache && channel.is_cache() {
-        let cached = node.hub.bus().cache_get(&app.id, channel).await?;
+    if let Some(cached) = &info.cache {
         let value = match cached {
             Some((frame, ttl)) => {
-                let event: Value = serde_json::from_slice(&frame).unwrap_or(Value::Null);
+                let event: Value = serde_json::from_slice(frame).unwrap_or(Value::Null);
                 json!({ "event": event["event"], "data": event["data"], "ttl": ttl.as_secs() })
             }
             None => Value::Null,
         };
-        attrs.insert("cache".into(), value);
+        a.insert("cache".into(), value);
     }
-    Ok(attrs)
+    a
 }
 
 #[cfg(test)]

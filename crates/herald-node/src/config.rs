@@ -191,6 +191,9 @@ pub struct AppConfig {
     pub subscription_count_events: bool,
     #[serde(default = "d_cache_ttl")]
     pub cache_ttl: u64,
+    /// Most bytes of cached events this app's cache channels hold together (507 beyond).
+    #[serde(default = "d_cache_bytes")]
+    pub max_cache_bytes: u64,
     /// HTTP API requests per second for this app (429 beyond); 0 = no limit.
     #[serde(default)]
     pub api_requests_per_second: u32,
@@ -231,6 +234,9 @@ fn d_channels() -> usize {
 fn d_cache_ttl() -> u64 {
     1800
 }
+fn d_cache_bytes() -> u64 {
+    herald_hub::app::DEFAULT_MAX_CACHE_BYTES
+}
 
 impl AppConfig {
     pub fn to_app(&self) -> App {
@@ -247,6 +253,7 @@ impl AppConfig {
         app.watchlist_events = self.watchlist_events;
         app.subscription_count_events = self.subscription_count_events;
         app.cache_ttl = Duration::from_secs(self.cache_ttl);
+        app.max_cache_bytes = self.max_cache_bytes;
         app.api_requests_per_second = self.api_requests_per_second;
         app.webhooks = !self.webhooks.is_empty();
         app
@@ -299,6 +306,7 @@ fn reverb_layer(env: &dyn Fn(&str) -> Option<String>) -> ReverbLayer {
             watchlist_events: false,
             subscription_count_events: false,
             cache_ttl: d_cache_ttl(),
+            max_cache_bytes: d_cache_bytes(),
             api_requests_per_second: 0,
             webhooks: Vec::new(),
         }]),

@@ -23,9 +23,10 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use herald_hub::{Apps, Bus, Hub, HubConfig, LocalBus};
+use herald_hub::{Apps, Cluster, Hub, HubConfig};
 use rand::distr::{Alphanumeric, SampleString};
 use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::{AppConfig, Config};
@@ -137,18 +138,21 @@ async fn run(mut config: Config) -> anyhow::Result<()> {
     tracing::info!(config = %config.redacted(), "starting");
 
     let node_id = config.node_id();
-    let bus: Arc<dyn Bus> = match config.bus.driver.as_str() {
+    // Background work of the hub and the bus: stopped by `cancel`, awaited through `tasks`.
+    let tasks = TaskTracker::new();
+    let cancel = CancellationToken::new();
+    let cluster = match config.bus.driver.as_str() {
         "redis" => {
             let cfg = redis_bus_config(&config, &node_id);
-            Arc::new(
-                herald_bus::RedisBus::connect(cfg)
+            Cluster::of(Arc::new(
+                herald_bus::RedisBus::connect(cfg, tasks.clone(), cancel.clone())
                     .await
                     .context("connecting the Redis bus")?,
-            )
+            ))
         }
-        _ => Arc::new(LocalBus::new()),
+        _ => Cluster::local(),
     };
-    metrics::bus_connected(bus.is_ready());
+    metrics::bus_connected(cluster.broker.readiness().is_ok());
     let debug_app = config.log.debug_app.clone();
     let apps = Apps::new(config.apps.iter().map(|a| {
         let mut app = a.to_app();
@@ -161,7 +165,9 @@ async fn run(mut config: Config) -> anyhow::Result<()> {
             outbox_bytes: config.server.outbound_queue_bytes,
         },
         apps,
-        bus,
+        cluster,
+        tasks.clone(),
+        cancel.clone(),
     );
 
     if let Some(sender) = webhooks::start(&config.apps) {
@@ -192,9 +198,11 @@ async fn run(mut config: Config) -> anyhow::Result<()> {
 
     drain::wait_for_signal().await;
     drain::drain(&node, &tracker).await;
-    node.hub.bus().shutdown().await;
+    node.hub.shutdown().await;
     accept.abort();
-    tokio::time::sleep(Duration::from_millis(10)).await;
+    cancel.cancel();
+    tasks.close();
+    let _ = tokio::time::timeout(Duration::from_secs(2), tasks.wait()).await;
     Ok(())
 }
 

@@ -223,9 +223,8 @@ impl Node {
         if self.is_draining() {
             return Err("draining".into());
         }
-        if !self.hub.bus().is_ready() {
-            return Err("bus not ready: subscriptions not restored".into());
-        }
-        Ok(())
+        self.hub
+            .readiness()
+            .map_err(|why| format!("cluster bus not ready: {why}"))
     }
 }

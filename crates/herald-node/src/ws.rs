@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use fastwebsockets::{Frame, OpCode, Payload};
-use herald_hub::{Connection, Session};
+use herald_hub::{Connection, Refusal, Session};
 use herald_protocol::{server, ErrorCode, SocketId};
 use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
@@ -68,68 +68,21 @@ fn push_close(buf: &mut Vec<u8>, code: u16, reason: &str) {
     push_frame(buf, Frame::close(code, &reason.as_bytes()[..end]));
 }
 
-/// Checks the handshake and refuses it with the official code, or admits it and holds one of
-/// the node's connection slots for it.
+/// Checks the handshake against the node (draining, capacity) and the app (key, protocol,
+/// origin), and holds one of the node's connection slots for it.
 fn admit<'n>(
     node: &'n Node,
     hs: &Handshake,
-) -> Result<(Arc<herald_hub::App>, OpenGuard<'n>), (u16, String, &'static str)> {
+) -> Result<(Arc<herald_hub::App>, OpenGuard<'n>), Refusal> {
     if node.is_draining() {
-        return Err((
-            ErrorCode::OverCapacity.as_u16(),
-            "Server is shutting down; reconnect to another node".into(),
-            "draining",
-        ));
+        return Err(Refusal::Draining);
     }
-    let Some(app) = node.hub.apps().by_key(&hs.app_key).cloned() else {
-        return Err((
-            ErrorCode::AppDoesNotExist.as_u16(),
-            format!(
-                "App key {} not in this cluster. Did you forget to specify the cluster?",
-                hs.app_key
-            ),
-            "unknown_app",
-        ));
-    };
-    if let Some(p) = &hs.protocol {
-        match p.parse::<u32>() {
-            Ok(v) if (4..=7).contains(&v) => {}
-            Ok(v) => {
-                return Err((
-                    ErrorCode::UnsupportedProtocol.as_u16(),
-                    format!("Unsupported protocol version {v}"),
-                    "protocol",
-                ))
-            }
-            Err(_) => {
-                return Err((
-                    ErrorCode::InvalidVersion.as_u16(),
-                    format!("Invalid version string format {p:?}"),
-                    "protocol",
-                ))
-            }
-        }
-    }
-    if !app.origin_allowed(hs.origin.as_deref()) {
-        return Err((
-            ErrorCode::Unauthorized.as_u16(),
-            "Origin not allowed".into(),
-            "origin",
-        ));
-    }
-    let Some(slot) = node.reserve_connection() else {
-        return Err((
-            ErrorCode::OverCapacity.as_u16(),
-            "Server is over its connection capacity".into(),
-            "node_limit",
-        ));
-    };
+    let app = node
+        .hub
+        .admit(&hs.app_key, hs.protocol.as_deref(), hs.origin.as_deref())?;
+    let slot = node.reserve_connection().ok_or(Refusal::NodeFull)?;
     if !node.take_handshake_token() {
-        return Err((
-            ErrorCode::OverCapacity.as_u16(),
-            "Too many new connections; retry shortly".into(),
-            "handshake_rate",
-        ));
+        return Err(Refusal::HandshakeRate);
     }
     Ok((app, slot))
 }
@@ -141,45 +94,23 @@ pub async fn serve(
     hs: Handshake,
 ) {
     let mut io = ws.into_inner();
-    let (app, mut slot) = match admit(&node, &hs) {
+    let admitted = match admit(&node, &hs) {
+        Ok((app, slot)) => match node.hub.open_connection(&app).await {
+            Ok(()) => Ok((app, slot)),
+            Err(refusal) => Err(refusal),
+        },
+        Err(refusal) => Err(refusal),
+    };
+    let (app, mut slot) = match admitted {
         Ok(admitted) => admitted,
-        Err((code, message, reason)) => {
-            metrics::refused(reason);
-            tracing::info!(code, reason, "connection refused");
-            refuse(&mut io, code, &message).await;
+        Err(refusal) => {
+            metrics::refused(refusal.label());
+            let code = refusal.code().as_u16();
+            tracing::info!(code, reason = refusal.label(), "connection refused");
+            refuse(&mut io, code, &refusal.to_string()).await;
             return;
         }
     };
-    match node
-        .hub
-        .bus()
-        .connection_opened(&app.id, app.max_connections)
-        .await
-    {
-        Ok(true) => {}
-        Ok(false) => {
-            metrics::refused("app_limit");
-            tracing::info!(app = %app.id, code = 4004, "connection refused: app over connection quota");
-            refuse(
-                &mut io,
-                ErrorCode::OverConnectionQuota.as_u16(),
-                "Application is over connection quota",
-            )
-            .await;
-            return;
-        }
-        Err(e) => {
-            metrics::refused("bus");
-            tracing::warn!(app = %app.id, error = %e, "connection refused: bus unavailable");
-            refuse(
-                &mut io,
-                ErrorCode::OverCapacity.as_u16(),
-                "Server cannot reach its cluster bus; retry shortly",
-            )
-            .await;
-            return;
-        }
-    }
 
     let socket_id = SocketId::generate(&mut rand::rng());
     let conn = node.hub.connect(socket_id, app.clone());

@@ -28,6 +28,15 @@ pub enum ChannelKind {
 }
 
 impl ChannelKind {
+    /// Whether the channel's subscriber count is announced to its subscribers
+    /// (`pusher_internal:subscription_count`); presence channels count members instead.
+    pub fn has_subscription_counts(self) -> bool {
+        matches!(
+            self,
+            ChannelKind::Public | ChannelKind::Private | ChannelKind::Encrypted
+        )
+    }
+
     /// Whether subscribing needs a signature.
     pub fn needs_auth(self) -> bool {
         matches!(

@@ -1,13 +1,6 @@
-//! The bus: how a hub reaches the rest of the cluster, and where cluster-wide state lives.
-//!
-//! The hub asks the bus to publish to a channel's topic, tells it how many local subscribers a
-//! channel has (so a node listens to a topic only while it has subscribers), and asks it the
-//! questions only the whole cluster can answer: presence members, subscription counts,
-//! occupied channels, per-app connection counts. Messages from other nodes come back through
-//! [`BusSink`]. [`LocalBus`] is the single-node implementation; the Redis implementation lives in
-//! `herald-bus` and answers the same questions for a cluster.
+//! The in-process bus of a single node: no other nodes, cluster state in memory.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,152 +9,13 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use dashmap::DashMap;
 use herald_protocol::presence::Member;
-use herald_protocol::{ChannelName, SocketId};
-use thiserror::Error;
+use herald_protocol::{ChannelKind, ChannelName, SocketId};
+use tokio::time::Instant;
 
-/// What travels on a channel's topic.
-#[derive(Debug, Clone, PartialEq)]
-pub enum BusPayload {
-    /// An encoded frame to deliver as-is to the channel's local subscribers.
-    Frame(Bytes),
-    /// Close every connection signed in as the user of this `#server-to-user-` channel.
-    TerminateUser,
-}
-
-/// A message on a channel's topic.
-#[derive(Debug, Clone, PartialEq)]
-pub struct BusMessage {
-    /// Node that published it; that node has already delivered it locally.
-    pub origin: Arc<str>,
-    pub app_id: Arc<str>,
-    pub channel: ChannelName,
-    /// A connection not to deliver to (the publisher's own socket).
-    pub exclude: Option<SocketId>,
-    /// When the publish arrived at its first node, Unix microseconds (for latency metrics).
-    pub published_at_us: u64,
-    pub payload: BusPayload,
-}
-
-#[derive(Debug, Clone, Error, PartialEq, Eq)]
-pub enum BusError {
-    #[error("the cluster bus is unavailable: {0}")]
-    Unavailable(String),
-    #[error("the cluster bus answered with an error: {0}")]
-    Backend(String),
-}
-
-/// Outcome of a presence join.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum PresenceJoin {
-    /// `first` = this is the user's first socket on the channel (send member_added);
-    /// `members` = the channel's members including this one.
-    Joined { first: bool, members: Vec<Member> },
-    /// The channel has its maximum of distinct users and this user is not one of them.
-    Full,
-}
-
-/// Counts for one occupied channel.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ChannelStats {
-    pub name: String,
-    pub subscription_count: u64,
-    pub user_count: Option<u64>,
-}
-
-/// Receives messages published by other nodes.
-pub trait BusSink: Send + Sync {
-    fn deliver(&self, msg: BusMessage);
-
-    /// A channel got its first subscriber cluster-wide (`true`) or lost its last (`false`).
-    /// Called on exactly one node per change.
-    fn channel_occupancy(&self, _app_id: &str, _channel: &ChannelName, _occupied: bool) {}
-
-    /// A dead node's member left a presence channel (the reaping node calls this).
-    fn member_removed(&self, _app_id: &str, _channel: &ChannelName, _user_id: &str) {}
-}
-
-/// The cluster seam. Every method answers for the whole cluster.
-#[async_trait]
-pub trait Bus: Send + Sync + 'static {
-    /// Hands the bus the hub that receives remote messages. Called once, before use.
-    fn attach(&self, sink: Arc<dyn BusSink>);
-
-    /// Publishes to the channel's topic for every other node.
-    async fn publish(&self, msg: BusMessage) -> Result<(), BusError>;
-
-    /// This node now has `local` subscribers on the channel. Must not block; a cluster bus
-    /// batches these into topic (un)subscriptions and count updates.
-    fn set_interest(&self, app_id: &str, channel: &ChannelName, local: usize);
-
-    /// Waits until this node receives the channel's topic (after the first local subscriber
-    /// arrived), so a subscriber told "subscribed" misses nothing published after that.
-    async fn await_interest(&self, app_id: &str, channel: &ChannelName) -> Result<(), BusError>;
-
-    async fn presence_join(
-        &self,
-        app_id: &str,
-        channel: &ChannelName,
-        member: &Member,
-        socket: SocketId,
-        max_members: usize,
-    ) -> Result<PresenceJoin, BusError>;
-
-    /// Removes a socket's membership; `Ok(true)` when it was the user's last socket there.
-    async fn presence_leave(
-        &self,
-        app_id: &str,
-        channel: &ChannelName,
-        user_id: &str,
-        socket: SocketId,
-    ) -> Result<bool, BusError>;
-
-    async fn presence_members(
-        &self,
-        app_id: &str,
-        channel: &ChannelName,
-    ) -> Result<Vec<Member>, BusError>;
-
-    async fn subscription_count(
-        &self,
-        app_id: &str,
-        channel: &ChannelName,
-    ) -> Result<u64, BusError>;
-
-    /// Whether each user is signed in on at least one connection anywhere in the cluster.
-    async fn users_online(&self, app_id: &str, user_ids: &[String]) -> Result<Vec<bool>, BusError>;
-
-    /// Keeps a cache channel's last API event (an encoded frame) for `ttl`.
-    async fn cache_put(
-        &self,
-        app_id: &str,
-        channel: &ChannelName,
-        frame: Bytes,
-        ttl: Duration,
-    ) -> Result<(), BusError>;
-
-    /// A cache channel's last event and how long it still lives.
-    async fn cache_get(
-        &self,
-        app_id: &str,
-        channel: &ChannelName,
-    ) -> Result<Option<(Bytes, Duration)>, BusError>;
-
-    /// Occupied channels of an app whose names start with `prefix`.
-    async fn channels(&self, app_id: &str, prefix: &str) -> Result<Vec<ChannelStats>, BusError>;
-
-    /// Counts a new connection against the app's cluster-wide limit (0 = none); `Ok(false)`
-    /// when the app is at its limit (the connection is not counted).
-    async fn connection_opened(&self, app_id: &str, limit: u64) -> Result<bool, BusError>;
-
-    fn connection_closed(&self, app_id: &str);
-
-    /// Whether the bus can serve (connected, subscriptions restored).
-    fn is_ready(&self) -> bool;
-
-    /// Leaves the cluster on a graceful exit: this node's state and lease are removed at once
-    /// instead of lapsing.
-    async fn shutdown(&self) {}
-}
+use crate::cluster::{
+    Broker, BusError, BusMessage, BusSink, CachePut, ChannelStats, ClusterState, PresenceJoin,
+    PublishError,
+};
 
 type Key = (Arc<str>, ChannelName);
 
@@ -171,13 +25,37 @@ struct PresenceChannel {
     members: BTreeMap<String, (Member, Vec<SocketId>)>,
 }
 
+/// One app's cache channels: last frames with their expiry, and their total size.
+#[derive(Debug, Default)]
+struct AppCache {
+    entries: HashMap<ChannelName, (Bytes, Instant)>,
+    bytes: u64,
+}
+
+impl AppCache {
+    fn prune(&mut self, now: Instant) {
+        let before = self.entries.len();
+        let mut freed = 0;
+        self.entries.retain(|_, (frame, until)| {
+            let keep = *until > now;
+            if !keep {
+                freed += frame.len() as u64;
+            }
+            keep
+        });
+        if self.entries.len() != before {
+            self.bytes -= freed;
+        }
+    }
+}
+
 /// The in-process bus of a single node: no other nodes, state in memory.
 #[derive(Default)]
 pub struct LocalBus {
     interest: DashMap<Key, usize>,
     presence: DashMap<Key, PresenceChannel>,
     connections: DashMap<Arc<str>, AtomicU64>,
-    cache: DashMap<Key, (Bytes, tokio::time::Instant)>,
+    cache: DashMap<Arc<str>, AppCache>,
     sink: std::sync::OnceLock<Arc<dyn BusSink>>,
 }
 
@@ -200,12 +78,12 @@ impl LocalBus {
 }
 
 #[async_trait]
-impl Bus for LocalBus {
+impl Broker for LocalBus {
     fn attach(&self, sink: Arc<dyn BusSink>) {
         let _ = self.sink.set(sink);
     }
 
-    async fn publish(&self, _msg: BusMessage) -> Result<(), BusError> {
+    async fn publish(&self, _msg: BusMessage) -> Result<(), PublishError> {
         Ok(())
     }
 
@@ -227,6 +105,13 @@ impl Bus for LocalBus {
         Ok(())
     }
 
+    fn readiness(&self) -> Result<(), String> {
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl ClusterState for LocalBus {
     async fn presence_join(
         &self,
         app_id: &str,
@@ -327,17 +212,25 @@ impl Bus for LocalBus {
         channel: &ChannelName,
         frame: Bytes,
         ttl: Duration,
-    ) -> Result<(), BusError> {
-        // Drop expired entries now and then so the map stays bounded by live cache channels.
-        if self.cache.len() > 1024 && self.cache.len().is_power_of_two() {
-            let now = tokio::time::Instant::now();
-            self.cache.retain(|_, (_, until)| *until > now);
+        max_bytes: u64,
+    ) -> Result<CachePut, BusError> {
+        let now = Instant::now();
+        let mut cache = self.cache.entry(Arc::from(app_id)).or_default();
+        cache.prune(now);
+        let old = cache
+            .entries
+            .get(channel)
+            .map_or(0, |(f, _)| f.len() as u64);
+        let total = cache.bytes - old + frame.len() as u64;
+        if total > max_bytes {
+            return Ok(CachePut::Full {
+                used: cache.bytes,
+                limit: max_bytes,
+            });
         }
-        self.cache.insert(
-            Self::key(app_id, channel),
-            (frame, tokio::time::Instant::now() + ttl),
-        );
-        Ok(())
+        cache.bytes = total;
+        cache.entries.insert(channel.clone(), (frame, now + ttl));
+        Ok(CachePut::Stored)
     }
 
     async fn cache_get(
@@ -345,16 +238,12 @@ impl Bus for LocalBus {
         app_id: &str,
         channel: &ChannelName,
     ) -> Result<Option<(Bytes, Duration)>, BusError> {
-        let key = Self::key(app_id, channel);
-        let now = tokio::time::Instant::now();
-        let hit = self
-            .cache
-            .get(&key)
-            .and_then(|e| (e.1 > now).then(|| (e.0.clone(), e.1 - now)));
-        if hit.is_none() {
-            self.cache.remove_if(&key, |_, (_, until)| *until <= now);
-        }
-        Ok(hit)
+        let now = Instant::now();
+        Ok(self.cache.get(app_id).and_then(|c| {
+            c.entries
+                .get(channel)
+                .and_then(|(frame, until)| (*until > now).then(|| (frame.clone(), *until - now)))
+        }))
     }
 
     async fn channels(&self, app_id: &str, prefix: &str) -> Result<Vec<ChannelStats>, BusError> {
@@ -369,15 +258,13 @@ impl Bus for LocalBus {
             })
             .collect();
         for stats in &mut out {
-            if stats.name.starts_with("presence-") {
-                let key = (
-                    Arc::from(app_id),
-                    ChannelName::parse(&stats.name)
-                        .map_err(|e| BusError::Backend(e.to_string()))?,
-                );
+            let Ok(channel) = ChannelName::parse(&stats.name) else {
+                continue;
+            };
+            if channel.kind() == ChannelKind::Presence {
                 stats.user_count = Some(
                     self.presence
-                        .get(&key)
+                        .get(&Self::key(app_id, &channel))
                         .map(|c| c.members.len() as u64)
                         .unwrap_or(0),
                 );
@@ -410,10 +297,6 @@ impl Bus for LocalBus {
         if let Some(counter) = self.connections.get(app_id) {
             let _ = counter.fetch_update(Ordering::AcqRel, Ordering::Relaxed, |n| n.checked_sub(1));
         }
-    }
-
-    fn is_ready(&self) -> bool {
-        true
     }
 }
 
@@ -477,6 +360,43 @@ mod tests {
                 .await,
             Ok(PresenceJoin::Joined { .. })
         ));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn cache_is_bounded_in_bytes_per_app() {
+        let bus = LocalBus::new();
+        let ttl = Duration::from_secs(10);
+        let frame = |n: usize| Bytes::from(vec![b'x'; n]);
+        let ch = |i: u32| ChannelName::parse(&format!("cache-{i}")).expect("ok");
+        for i in 0..10 {
+            assert_eq!(
+                bus.cache_put("a", &ch(i), frame(100), ttl, 1000).await,
+                Ok(CachePut::Stored)
+            );
+        }
+        assert_eq!(
+            bus.cache_put("a", &ch(10), frame(100), ttl, 1000).await,
+            Ok(CachePut::Full {
+                used: 1000,
+                limit: 1000
+            })
+        );
+        // Replacing an entry counts only the difference; other apps have their own bound.
+        assert_eq!(
+            bus.cache_put("a", &ch(3), frame(100), ttl, 1000).await,
+            Ok(CachePut::Stored)
+        );
+        assert_eq!(
+            bus.cache_put("b", &ch(10), frame(100), ttl, 1000).await,
+            Ok(CachePut::Stored)
+        );
+        // Expired entries free their bytes.
+        tokio::time::advance(ttl + Duration::from_millis(1)).await;
+        assert_eq!(bus.cache_get("a", &ch(0)).await, Ok(None));
+        assert_eq!(
+            bus.cache_put("a", &ch(10), frame(1000), ttl, 1000).await,
+            Ok(CachePut::Stored)
+        );
     }
 
     #[tokio::test]
