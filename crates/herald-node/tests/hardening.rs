@@ -344,3 +344,71 @@ async fn per_ip_connection_limit() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     still_serving(&h).await;
 }
+
+/// One tenant's cache channels cannot take the node's memory: beyond the app's
+/// `max_cache_bytes` a trigger to a new cache channel answers 507 and names the limit; the
+/// events already cached stay; another app is unaffected.
+#[tokio::test]
+async fn cache_channels_are_bounded_per_app() {
+    let apps = r#"
+[[apps]]
+id = "app1"
+key = "key1"
+secret = "secret1"
+max_cache_bytes = 100000
+
+[[apps]]
+id = "app2"
+key = "key2"
+secret = "secret2"
+"#;
+    let h = Herald::start_with("", apps).await;
+    let data = "x".repeat(9000);
+    let mut stored = 0;
+    let mut refusal = None;
+    for i in 0..50 {
+        let (status, body) = h
+            .api()
+            .trigger(&[&format!("cache-{i}")], "e", &data, None)
+            .await;
+        match status {
+            200 => stored += 1,
+            507 => {
+                refusal = Some(body);
+                break;
+            }
+            other => panic!("{other} {body}"),
+        }
+    }
+    // A trigger to several channels that stops at the limit says which ones got the event.
+    let (status, body) = h
+        .api()
+        .trigger(&["plain-a", "cache-late", "plain-b"], "e", &data, None)
+        .await;
+    assert_eq!(status, 504, "{body}");
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap()
+            .starts_with("Published to plain-a; not to cache-late"),
+        "{body}"
+    );
+    let refusal = refusal.expect("the cache filled up");
+    let message = refusal["error"].as_str().unwrap();
+    assert!(message.contains("max_cache_bytes"), "{message}");
+    // Each frame is the 9,000 bytes of data plus its JSON envelope (~45 bytes).
+    assert_eq!(stored, 11, "eleven events of 9 KB fit in 100 KB");
+    assert!(h.metric("herald_cache_refused_total{app=\"app1\"}").await >= 1.0);
+    // What was cached is still served.
+    let mut c = h.client().await;
+    c.subscribe("cache-0").await;
+    assert_eq!(c.recv().await["event"], "e");
+    // Another app has its own budget.
+    let other = Api {
+        port: h.port,
+        app: "app2".into(),
+        key: "key2".into(),
+        secret: "secret2".into(),
+    };
+    assert_eq!(other.trigger(&["cache-x"], "e", &data, None).await.0, 200);
+}

@@ -18,6 +18,7 @@ use serde_json::Value;
 use tokio::net::TcpStream;
 
 pub mod hooks;
+pub mod proxy;
 pub mod redis;
 
 pub const KEY: &str = "key1";

@@ -139,6 +139,17 @@ impl Redis {
         wait_ping(self.port).await;
     }
 
+    /// Sends a signal to the server (`STOP` freezes it with its connections open, `CONT`
+    /// resumes it).
+    pub fn signal(&self, sig: &str) {
+        if let Some(c) = &self.child {
+            Command::new("kill")
+                .args([&format!("-{sig}"), &c.id().to_string()])
+                .status()
+                .unwrap();
+        }
+    }
+
     pub fn numsub(&self, topic: &str) -> i64 {
         let out = cli(self.port, &["PUBSUB", "NUMSUB", topic]);
         out.lines()
