@@ -431,7 +431,7 @@ async fn redis_out_of_memory() {
 async fn subscriber_connections_killed_under_publishing() {
     let redis = Redis::start().await;
     let cfg = bus_apps(&redis.url());
-    let nodes = vec![
+    let nodes = [
         Herald::start_node("kill-a", "", &cfg).await,
         Herald::start_node("kill-b", "", &cfg).await,
         Herald::start_node("kill-c", "", &cfg).await,
