@@ -4,11 +4,15 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use serde::{Deserialize, Serialize};
+
 /// Default of [`App::max_cache_bytes`]: 8 MiB.
 pub const DEFAULT_MAX_CACHE_BYTES: u64 = 8 << 20;
 
-/// One app's settings.
-#[derive(Debug, Clone, PartialEq)]
+/// One app's settings: what an `[[apps]]` table of the configuration holds (the same names),
+/// with the official defaults for everything left out. The one place those defaults live.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
 pub struct App {
     pub id: String,
     pub key: String,
@@ -27,23 +31,65 @@ pub struct App {
     pub client_event_rate: u32,
     /// Largest event `data`, from the API or a client.
     pub max_event_data_bytes: usize,
-    /// Most channels one connection may be subscribed to.
+    /// Most channels one connection may be subscribed to (watched users included).
     pub max_channels_per_connection: usize,
-    /// Close connections that neither sign in nor subscribe to a private or presence channel
-    /// within this time (4009).
-    pub authorized_connections: Option<Duration>,
+    /// Seconds a connection may stay neither signed in nor on a private or presence channel
+    /// before it is closed with 4009; unset = no such rule.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub authorized_connections_timeout: Option<u64>,
     pub watchlist_events: bool,
     pub subscription_count_events: bool,
-    /// How long a cache channel keeps its last event.
-    pub cache_ttl: Duration,
+    /// Seconds a cache channel keeps its last event.
+    pub cache_ttl: u64,
     /// Most bytes of cached events the app's cache channels hold together, cluster-wide.
     pub max_cache_bytes: u64,
     /// HTTP API requests accepted per second (429 beyond); 0 = no limit.
     pub api_requests_per_second: u32,
-    /// Log the metadata (never the payload) of every frame of this app's connections.
+    /// Where this app's webhooks go.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub webhooks: Vec<Webhook>,
+    /// Log the metadata (never the payload) of every frame of this app's connections (set
+    /// from `[log] debug_app`).
+    #[serde(skip)]
     pub debug_frames: bool,
-    /// Whether the app has webhook targets (the node holds them).
-    pub webhooks: bool,
+}
+
+/// One webhook target of an app.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Webhook {
+    /// `http://` or `https://` URL that receives POSTed webhook batches.
+    pub url: String,
+    /// Event names to send (`channel_occupied`, `channel_vacated`, `member_added`,
+    /// `member_removed`, `client_event`, `cache_miss`, `subscription_count`); empty = all.
+    #[serde(default)]
+    pub event_types: Vec<String>,
+}
+
+impl Default for App {
+    fn default() -> Self {
+        App {
+            id: String::new(),
+            key: String::new(),
+            secret: String::new(),
+            client_events: true,
+            max_connections: 0,
+            allowed_origins: Vec::new(),
+            max_presence_members: 100,
+            max_user_info_bytes: 1024,
+            client_event_rate: 10,
+            max_event_data_bytes: herald_protocol::MAX_EVENT_DATA_BYTES,
+            max_channels_per_connection: 1000,
+            authorized_connections_timeout: None,
+            watchlist_events: false,
+            subscription_count_events: false,
+            cache_ttl: 30 * 60,
+            max_cache_bytes: DEFAULT_MAX_CACHE_BYTES,
+            api_requests_per_second: 0,
+            webhooks: Vec::new(),
+            debug_frames: false,
+        }
+    }
 }
 
 impl App {
@@ -53,23 +99,22 @@ impl App {
             id: id.into(),
             key: key.into(),
             secret: secret.into(),
-            client_events: true,
-            max_connections: 0,
-            allowed_origins: Vec::new(),
-            max_presence_members: 100,
-            max_user_info_bytes: 1024,
-            client_event_rate: 10,
-            max_event_data_bytes: herald_protocol::MAX_EVENT_DATA_BYTES,
-            max_channels_per_connection: 1000,
-            authorized_connections: None,
-            watchlist_events: false,
-            subscription_count_events: false,
-            cache_ttl: Duration::from_secs(30 * 60),
-            max_cache_bytes: DEFAULT_MAX_CACHE_BYTES,
-            api_requests_per_second: 0,
-            debug_frames: false,
-            webhooks: false,
+            ..App::default()
         }
+    }
+
+    /// How long a cache channel keeps its last event.
+    pub fn cache_ttl(&self) -> Duration {
+        Duration::from_secs(self.cache_ttl)
+    }
+
+    /// The "authorized connections" deadline, if the app has the rule.
+    pub fn authorized_connections(&self) -> Option<Duration> {
+        self.authorized_connections_timeout.map(Duration::from_secs)
+    }
+
+    pub fn has_webhooks(&self) -> bool {
+        !self.webhooks.is_empty()
     }
 
     /// Whether `origin` may connect. Entries may be `*`, an exact origin, or `*.example.com`.

@@ -146,7 +146,7 @@ impl Hub {
         let Some(sink) = self.webhooks.get() else {
             return;
         };
-        if self.apps.by_id(app_id).is_some_and(|a| a.webhooks) {
+        if self.apps.by_id(app_id).is_some_and(|a| a.has_webhooks()) {
             sink.emit(app_id, event);
         }
     }

@@ -105,7 +105,7 @@ impl Hub {
                         &app.id,
                         channel,
                         frame.clone(),
-                        app.cache_ttl,
+                        app.cache_ttl(),
                         app.max_cache_bytes,
                     )
                     .await

@@ -7,7 +7,6 @@
 
 use std::net::SocketAddr;
 use std::path::Path;
-use std::time::Duration;
 
 use figment::providers::{Env, Format, Serialized, Toml};
 use figment::Figment;
@@ -23,7 +22,7 @@ pub struct Config {
     pub log: LogConfig,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tls: Option<TlsConfig>,
-    pub apps: Vec<AppConfig>,
+    pub apps: Vec<App>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -160,113 +159,13 @@ pub struct TlsConfig {
     pub key: String,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct AppConfig {
-    pub id: String,
-    pub key: String,
-    pub secret: String,
-    #[serde(default = "yes")]
-    pub client_events: bool,
-    #[serde(default)]
-    pub max_connections: u64,
-    #[serde(default)]
-    pub allowed_origins: Vec<String>,
-    #[serde(default = "d_presence_members")]
-    pub max_presence_members: usize,
-    #[serde(default = "d_user_info")]
-    pub max_user_info_bytes: usize,
-    #[serde(default = "d_client_event_rate")]
-    pub client_event_rate: u32,
-    #[serde(default = "d_data")]
-    pub max_event_data_bytes: usize,
-    #[serde(default = "d_channels")]
-    pub max_channels_per_connection: usize,
-    /// Seconds a connection may stay unauthorized; unset = no such rule.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub authorized_connections_timeout: Option<u64>,
-    #[serde(default)]
-    pub watchlist_events: bool,
-    #[serde(default)]
-    pub subscription_count_events: bool,
-    #[serde(default = "d_cache_ttl")]
-    pub cache_ttl: u64,
-    /// Most bytes of cached events this app's cache channels hold together (507 beyond).
-    #[serde(default = "d_cache_bytes")]
-    pub max_cache_bytes: u64,
-    /// HTTP API requests per second for this app (429 beyond); 0 = no limit.
-    #[serde(default)]
-    pub api_requests_per_second: u32,
-    /// Where to send this app's webhooks.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub webhooks: Vec<WebhookConfig>,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct WebhookConfig {
-    /// `http://` or `https://` URL that receives POSTed webhook batches.
-    pub url: String,
-    /// Event names to send (`channel_occupied`, `channel_vacated`, `member_added`,
-    /// `member_removed`, `client_event`, `cache_miss`, `subscription_count`); empty = all.
-    #[serde(default)]
-    pub event_types: Vec<String>,
-}
-
-fn yes() -> bool {
-    true
-}
-fn d_presence_members() -> usize {
-    100
-}
-fn d_user_info() -> usize {
-    1024
-}
-fn d_client_event_rate() -> u32 {
-    10
-}
-fn d_data() -> usize {
-    herald_protocol::MAX_EVENT_DATA_BYTES
-}
-fn d_channels() -> usize {
-    1000
-}
-fn d_cache_ttl() -> u64 {
-    1800
-}
-fn d_cache_bytes() -> u64 {
-    herald_hub::app::DEFAULT_MAX_CACHE_BYTES
-}
-
-impl AppConfig {
-    pub fn to_app(&self) -> App {
-        let mut app = App::new(&self.id, &self.key, &self.secret);
-        app.client_events = self.client_events;
-        app.max_connections = self.max_connections;
-        app.allowed_origins = self.allowed_origins.clone();
-        app.max_presence_members = self.max_presence_members;
-        app.max_user_info_bytes = self.max_user_info_bytes;
-        app.client_event_rate = self.client_event_rate;
-        app.max_event_data_bytes = self.max_event_data_bytes;
-        app.max_channels_per_connection = self.max_channels_per_connection;
-        app.authorized_connections = self.authorized_connections_timeout.map(Duration::from_secs);
-        app.watchlist_events = self.watchlist_events;
-        app.subscription_count_events = self.subscription_count_events;
-        app.cache_ttl = Duration::from_secs(self.cache_ttl);
-        app.max_cache_bytes = self.max_cache_bytes;
-        app.api_requests_per_second = self.api_requests_per_second;
-        app.webhooks = !self.webhooks.is_empty();
-        app
-    }
-}
-
 /// The layers other than defaults and the file: Reverb's variables.
 #[derive(Serialize)]
 struct ReverbLayer {
     #[serde(skip_serializing_if = "Option::is_none")]
     server: Option<ReverbServer>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    apps: Option<Vec<AppConfig>>,
+    apps: Option<Vec<App>>,
 }
 
 #[derive(Serialize)]
@@ -290,26 +189,7 @@ fn reverb_layer(env: &dyn Fn(&str) -> Option<String>) -> ReverbLayer {
         env("REVERB_APP_KEY"),
         env("REVERB_APP_SECRET"),
     ) {
-        (Some(id), Some(key), Some(secret)) => Some(vec![AppConfig {
-            id,
-            key,
-            secret,
-            client_events: true,
-            max_connections: 0,
-            allowed_origins: Vec::new(),
-            max_presence_members: d_presence_members(),
-            max_user_info_bytes: d_user_info(),
-            client_event_rate: d_client_event_rate(),
-            max_event_data_bytes: d_data(),
-            max_channels_per_connection: d_channels(),
-            authorized_connections_timeout: None,
-            watchlist_events: false,
-            subscription_count_events: false,
-            cache_ttl: d_cache_ttl(),
-            max_cache_bytes: d_cache_bytes(),
-            api_requests_per_second: 0,
-            webhooks: Vec::new(),
-        }]),
+        (Some(id), Some(key), Some(secret)) => Some(vec![App::new(id, key, secret)]),
         _ => None,
     };
     ReverbLayer { server, apps }
@@ -339,15 +219,28 @@ pub fn figment(file: Option<&Path>) -> Figment {
 
 /// Loads and checks the configuration.
 pub fn load(file: Option<&Path>) -> Result<Config, String> {
-    let config: Config = figment(file).extract().map_err(|e| {
-        let mut out = Vec::new();
-        for err in e {
-            out.push(err.to_string());
-        }
-        out.join("; ")
-    })?;
+    let config: Config = figment(file)
+        .extract()
+        .map_err(|e| e.into_iter().map(describe).collect::<Vec<_>>().join("; "))?;
     config.validate()?;
     Ok(config)
+}
+
+/// One configuration error for people: the key as written in the file (`server.listen`, not
+/// figment's `default.server.listen`), what is wrong, and where the value came from.
+fn describe(err: figment::Error) -> String {
+    let key = err.path.join(".");
+    let source = err
+        .metadata
+        .as_ref()
+        .and_then(|m| m.source.as_ref())
+        .map(|s| format!(" (in {s})"))
+        .unwrap_or_default();
+    if key.is_empty() {
+        format!("{}{source}", err.kind)
+    } else {
+        format!("{key}: {}{source}", err.kind)
+    }
 }
 
 impl Config {
@@ -585,13 +478,17 @@ mod tests {
                 "[server]\nlisten = \"127.0.0.1:7000\"\nlisten_port = 3\n",
             )?;
             let err = load(Some(Path::new("h.toml"))).expect_err("unknown key");
-            assert!(err.contains("listen_port"), "{err}");
+            assert!(
+                err.starts_with("server.listen_port: unknown field"),
+                "{err}"
+            );
+            assert!(!err.contains("default."), "{err}");
             jail.create_file(
                 "a.toml",
                 "[[apps]]\nid = \"1\"\nkey = \"k\"\nsecret = \"s\"\nclient_event = true\n",
             )?;
             let err = load(Some(Path::new("a.toml"))).expect_err("unknown key");
-            assert!(err.contains("client_event"), "{err}");
+            assert!(err.contains("apps.0.client_event: unknown field"), "{err}");
             Ok(())
         });
     }
@@ -636,7 +533,7 @@ mod tests {
             jail.create_file("ok.toml", &format!("{app}[[apps.webhooks]]\nurl = \"https://example.com/hooks?token=t\"\nevent_types = [\"member_added\"]\n"))?;
             let c = load(Some(Path::new("ok.toml"))).expect("valid");
             assert_eq!(c.apps[0].webhooks.len(), 1);
-            assert!(c.apps[0].to_app().webhooks);
+            assert!(c.apps[0].has_webhooks());
             assert!(!c.redacted().contains("token=t"));
             jail.create_file(
                 "url.toml",
@@ -679,15 +576,7 @@ mod tests {
     #[test]
     fn redaction() {
         let mut c = Config::default();
-        c.apps.push(AppConfig {
-            id: "1".into(),
-            key: "k".into(),
-            secret: "topsecret".into(),
-            ..reverb_layer(&|k| Some(k.to_owned()))
-                .apps
-                .expect("app")
-                .remove(0)
-        });
+        c.apps.push(App::new("1", "k", "topsecret"));
         c.bus.url = Some("redis://user:pw@host:6379".into());
         let r = c.redacted();
         assert!(!r.contains("topsecret") && !r.contains("pw@"), "{r}");

@@ -36,7 +36,9 @@ pub async fn wait_for_signal() {
     }
 }
 
-pub async fn drain(node: &Node, tracker: &TaskTracker) {
+/// Drains the node's connections; returns the drain deadline, by which everything after it
+/// (webhooks, leaving the cluster) must also be done.
+pub async fn drain(node: &Node, tracker: &TaskTracker) -> Instant {
     let started = Instant::now();
     let window = Duration::from_secs(node.config.server.drain_window);
     let deadline = started
@@ -81,4 +83,5 @@ pub async fn drain(node: &Node, tracker: &TaskTracker) {
         tracing::warn!("drain deadline reached with connections still open");
     }
     tracing::info!(elapsed_ms = started.elapsed().as_millis() as u64, "drained");
+    deadline
 }

@@ -6,8 +6,13 @@ use metrics::{
 };
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
-/// Installs the global recorder and describes every metric.
+/// Installs the global recorder and describes every metric, once per process (nodes run in
+/// one process share it).
 pub fn install() -> anyhow::Result<PrometheusHandle> {
+    static HANDLE: std::sync::OnceLock<PrometheusHandle> = std::sync::OnceLock::new();
+    if let Some(h) = HANDLE.get() {
+        return Ok(h.clone());
+    }
     let latency_buckets = [
         0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
         5.0,
@@ -16,7 +21,7 @@ pub fn install() -> anyhow::Result<PrometheusHandle> {
         .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), &latency_buckets)?
         .install_recorder()?;
     describe();
-    Ok(handle)
+    Ok(HANDLE.get_or_init(|| handle).clone())
 }
 
 fn describe() {

@@ -299,19 +299,34 @@ async fn admin_route(
     })
 }
 
-/// Serves the admin endpoints until the process exits.
-pub async fn serve_admin(node: Arc<Node>, listener: TcpListener, prometheus: PrometheusHandle) {
+/// Serves the admin endpoints until `cancel` fires.
+pub async fn serve_admin(
+    node: Arc<Node>,
+    listener: TcpListener,
+    prometheus: PrometheusHandle,
+    cancel: tokio_util::sync::CancellationToken,
+) {
     loop {
-        let Ok((stream, _)) = listener.accept().await else {
+        let accepted = tokio::select! {
+            a = listener.accept() => a,
+            _ = cancel.cancelled() => return,
+        };
+        let Ok((stream, _)) = accepted else {
+            tokio::time::sleep(Duration::from_millis(5)).await;
             continue;
         };
         let node = node.clone();
         let prometheus = prometheus.clone();
+        let cancel = cancel.clone();
         tokio::spawn(async move {
             let service = service_fn(move |req| admin_route(node.clone(), prometheus.clone(), req));
-            let _ = http1_builder(Duration::from_secs(10))
-                .serve_connection(TokioIo::new(stream), service)
-                .await;
+            let conn = http1_builder(Duration::from_secs(10))
+                .serve_connection(TokioIo::new(stream), service);
+            tokio::pin!(conn);
+            tokio::select! {
+                _ = conn.as_mut() => {}
+                _ = cancel.cancelled() => {}
+            }
         });
     }
 }

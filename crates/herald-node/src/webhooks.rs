@@ -21,7 +21,9 @@ use tokio::sync::{mpsc, Semaphore};
 use tokio::time::Instant;
 use tokio_rustls::TlsConnector;
 
-use crate::config::AppConfig;
+use herald_hub::App;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 const QUEUE: usize = 10_000;
 const DELAY: Duration = Duration::from_secs(3);
@@ -56,11 +58,39 @@ impl WebhookSink for Webhooks {
     }
 }
 
+/// The running delivery: its sink for the hub, and how to finish it on shutdown.
+pub struct Delivery {
+    sink: Arc<Webhooks>,
+    finish: CancellationToken,
+    batcher: tokio::task::JoinHandle<()>,
+    posts: TaskTracker,
+}
+
+impl Delivery {
+    pub fn sink(&self) -> Arc<Webhooks> {
+        self.sink.clone()
+    }
+
+    /// Sends what is queued or delayed now (the departures a drain causes included), then
+    /// waits until `deadline` for the deliveries in flight.
+    pub async fn finish(self, deadline: Instant) {
+        self.finish.cancel();
+        let _ = tokio::time::timeout_at(deadline, self.batcher).await;
+        self.posts.close();
+        if tokio::time::timeout_at(deadline, self.posts.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!("webhook deliveries still in flight at the drain deadline were dropped");
+        }
+    }
+}
+
 /// Starts delivery when any app has webhooks.
-pub fn start(apps: &[AppConfig]) -> Option<Arc<Webhooks>> {
+pub fn start(apps: &[App], tasks: &TaskTracker) -> Option<Delivery> {
     let targets: HashMap<String, AppTargets> = apps
         .iter()
-        .filter(|a| !a.webhooks.is_empty())
+        .filter(|a| a.has_webhooks())
         .map(|a| {
             let targets = a
                 .webhooks
@@ -87,8 +117,15 @@ pub fn start(apps: &[AppConfig]) -> Option<Arc<Webhooks>> {
     }
     metrics::counter!("herald_webhooks_dropped_total").absolute(0);
     let (tx, rx) = mpsc::channel(QUEUE);
-    tokio::spawn(run(rx, Arc::new(targets)));
-    Some(Arc::new(Webhooks { tx }))
+    let finish = CancellationToken::new();
+    let posts = TaskTracker::new();
+    let batcher = tasks.spawn(run(rx, Arc::new(targets), finish.clone(), posts.clone()));
+    Some(Delivery {
+        sink: Arc::new(Webhooks { tx }),
+        finish,
+        batcher,
+        posts,
+    })
 }
 
 fn cancels(pending: &WebhookEvent, incoming: &WebhookEvent) -> bool {
@@ -114,6 +151,8 @@ fn cancels(pending: &WebhookEvent, incoming: &WebhookEvent) -> bool {
 async fn run(
     mut rx: mpsc::Receiver<(String, WebhookEvent)>,
     apps: Arc<HashMap<String, AppTargets>>,
+    finish: CancellationToken,
+    posts: TaskTracker,
 ) {
     let mut delayed: Vec<(Instant, String, WebhookEvent)> = Vec::new();
     let mut batches: HashMap<String, Vec<WebhookEvent>> = HashMap::new();
@@ -125,32 +164,9 @@ async fn run(
         tokio::select! {
             next = rx.recv() => {
                 let Some((app, event)) = next else { return };
-                match &event {
-                    WebhookEvent::ChannelVacated { .. } | WebhookEvent::MemberRemoved { .. } => {
-                        if delayed.len() < QUEUE {
-                            delayed.push((Instant::now() + DELAY, app, event));
-                        } else {
-                            metrics::counter!("herald_webhooks_dropped_total").increment(1);
-                        }
-                    }
-                    WebhookEvent::ChannelOccupied { .. } | WebhookEvent::MemberAdded { .. } => {
-                        match delayed.iter().position(|(_, a, p)| *a == app && cancels(p, &event)) {
-                            // Back within the delay: neither event happened, as far as the app knows.
-                            Some(i) => { delayed.remove(i); }
-                            None => batches.entry(app).or_default().push(event),
-                        }
-                    }
-                    WebhookEvent::CacheMiss { channel } => {
-                        let key = (app.clone(), channel.clone());
-                        if misses.get(&key).is_none_or(|at| at.elapsed() >= CACHE_MISS_EVERY) {
-                            misses.insert(key, Instant::now());
-                            batches.entry(app).or_default().push(event);
-                        }
-                    }
-                    _ => batches.entry(app).or_default().push(event),
-                }
+                queue(app, event, &mut delayed, &mut batches, &mut misses);
                 if batches.values().any(|b| b.len() >= MAX_BATCH) {
-                    flush(&mut batches, &apps, &deliveries, &tls);
+                    flush(&mut batches, &apps, &deliveries, &tls, &posts);
                 }
             }
             _ = tick.tick() => {
@@ -161,9 +177,64 @@ async fn run(
                     batches.entry(app).or_default().push(event);
                 }
                 misses.retain(|_, at| at.elapsed() < CACHE_MISS_EVERY);
-                flush(&mut batches, &apps, &deliveries, &tls);
+                flush(&mut batches, &apps, &deliveries, &tls, &posts);
+            }
+            _ = finish.cancelled() => {
+                // Shutting down: what is queued goes now, delayed events included (the
+                // node will not be here to cancel them).
+                while let Ok((app, event)) = rx.try_recv() {
+                    queue(app, event, &mut delayed, &mut batches, &mut misses);
+                }
+                for (_, app, event) in delayed.drain(..) {
+                    batches.entry(app).or_default().push(event);
+                }
+                flush(&mut batches, &apps, &deliveries, &tls, &posts);
+                return;
             }
         }
+    }
+}
+
+/// Takes one event in: delayed (vacated, removed), cancelling a delayed counterpart
+/// (occupied, added), de-duplicated (cache misses), or batched.
+fn queue(
+    app: String,
+    event: WebhookEvent,
+    delayed: &mut Vec<(Instant, String, WebhookEvent)>,
+    batches: &mut HashMap<String, Vec<WebhookEvent>>,
+    misses: &mut HashMap<(String, String), Instant>,
+) {
+    match &event {
+        WebhookEvent::ChannelVacated { .. } | WebhookEvent::MemberRemoved { .. } => {
+            if delayed.len() < QUEUE {
+                delayed.push((Instant::now() + DELAY, app, event));
+            } else {
+                metrics::counter!("herald_webhooks_dropped_total").increment(1);
+            }
+        }
+        WebhookEvent::ChannelOccupied { .. } | WebhookEvent::MemberAdded { .. } => {
+            match delayed
+                .iter()
+                .position(|(_, a, p)| *a == app && cancels(p, &event))
+            {
+                // Back within the delay: neither event happened, as far as the app knows.
+                Some(i) => {
+                    delayed.remove(i);
+                }
+                None => batches.entry(app).or_default().push(event),
+            }
+        }
+        WebhookEvent::CacheMiss { channel } => {
+            let key = (app.clone(), channel.clone());
+            if misses
+                .get(&key)
+                .is_none_or(|at| at.elapsed() >= CACHE_MISS_EVERY)
+            {
+                misses.insert(key, Instant::now());
+                batches.entry(app).or_default().push(event);
+            }
+        }
+        _ => batches.entry(app).or_default().push(event),
     }
 }
 
@@ -172,6 +243,7 @@ fn flush(
     apps: &Arc<HashMap<String, AppTargets>>,
     deliveries: &Arc<Semaphore>,
     tls: &TlsConnector,
+    posts: &TaskTracker,
 ) {
     for (app_id, events) in batches.drain() {
         let Some(app) = apps.get(&app_id) else {
@@ -198,7 +270,7 @@ fn flush(
                 continue;
             };
             let (apps, app_id, tls) = (apps.clone(), app_id.clone(), tls.clone());
-            tokio::spawn(async move {
+            posts.spawn(async move {
                 let _permit = permit;
                 let Some(app) = apps.get(&app_id) else { return };
                 deliver(

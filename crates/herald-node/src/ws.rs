@@ -151,7 +151,7 @@ async fn run(
     let pong_wait = Duration::from_secs(node.config.server.pong_timeout);
     let started = Instant::now();
     // "Authorized connections": sign in or subscribe to a private/presence channel in time.
-    let authorize_by = conn.app.authorized_connections.map(|t| started + t);
+    let authorize_by = conn.app.authorized_connections().map(|t| started + t);
     let mut last_seen = started;
     let mut pinged = false;
     let (mut frames, mut pongs, mut buf) = (Vec::new(), Vec::new(), Vec::new());

@@ -197,13 +197,15 @@ impl Herald {
             admin_port,
             dir,
         };
-        for _ in 0..200 {
-            if TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
+        // Listening sockets are bound before the node connects its bus; it serves once
+        // /healthz answers.
+        for _ in 0..400 {
+            if healthy(admin_port).await {
                 return h;
             }
             tokio::time::sleep(Duration::from_millis(25)).await;
         }
-        panic!("herald did not start listening on {port}");
+        panic!("herald did not start serving on {port}");
     }
 
     pub async fn ws(&self, key: &str) -> Client {
@@ -567,6 +569,28 @@ impl Api {
         }
         self.call("POST", "/events", &[], &body.to_string()).await
     }
+}
+
+/// Whether the admin port answers `GET /healthz` with 200 (within 200 ms).
+async fn healthy(admin_port: u16) -> bool {
+    let probe = async {
+        let stream = TcpStream::connect(("127.0.0.1", admin_port)).await.ok()?;
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .ok()?;
+        tokio::spawn(conn);
+        let req = Request::builder()
+            .uri("/healthz")
+            .header("Host", "127.0.0.1")
+            .body(Full::new(Bytes::new()))
+            .ok()?;
+        let res = sender.send_request(req).await.ok()?;
+        Some(res.status().as_u16() == 200)
+    };
+    matches!(
+        tokio::time::timeout(Duration::from_millis(200), probe).await,
+        Ok(Some(true))
+    )
 }
 
 /// A plain HTTP/1.1 request to 127.0.0.1:port; returns status and body text.
