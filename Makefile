@@ -3,7 +3,7 @@ CARGO ?= cargo
 JOBS ?= 2
 HERALD_BIN := target/debug/herald
 
-.PHONY: help build release run test test-rust test-conformance test-python check-deploy lint fmt cluster bench clean
+.PHONY: help deps build release run test test-rust test-conformance test-python check-deploy lint fmt cluster bench fuzz clean
 
 help:
 	@echo "make run            build and start one node (in-process bus, demo app)"
@@ -12,6 +12,7 @@ help:
 	@echo "make cluster        a local Redis and three nodes"
 	@echo "make bench          the standard benchmark set (loadtest/)"
 	@echo "make check-deploy   render and validate the Helm chart and manifests"
+	@echo "make fuzz           run every fuzz target for FUZZ_SECONDS (nightly, cargo-fuzz)"
 
 build:
 	$(CARGO) build -j$(JOBS) --bin herald
@@ -22,12 +23,17 @@ release:
 run: build
 	$(HERALD_BIN) $(if $(CONFIG),--config $(CONFIG),)
 
-test: test-rust test-conformance test-python check-deploy
+test: deps test-rust test-conformance test-python check-deploy
+
+# What the tests need beyond the Rust toolchain (redis-server, Node, Python venv, kubectl):
+# installed when missing (apt, as root), else named.
+deps:
+	.ci/deps
 
 test-rust: build
 	$(CARGO) test -j$(JOBS) --workspace
 
-test-conformance: build
+test-conformance: build deps
 	HERALD_BIN=$(CURDIR)/$(HERALD_BIN) tests/conformance/run.sh
 
 test-python: build
@@ -48,6 +54,18 @@ cluster: build
 
 bench: release
 	loadtest/bench.sh
+
+FUZZ_SECONDS ?= 60
+FUZZ_TARGETS := client_frame frame_reader api_request presence_data bus_envelope
+
+# Coverage-guided fuzzing on nightly; the corpus under fuzz/corpus grows and is replayed by
+# `make test` (crates/herald-node/tests/fuzz_corpus.rs).
+fuzz:
+	@command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
+	cd fuzz && for t in $(FUZZ_TARGETS); do \
+	  cargo +nightly fuzz run -O $$t corpus/$$t -- -max_total_time=$(FUZZ_SECONDS) \
+	    -max_len=65536 -print_final_stats=1 || exit 1; \
+	done
 
 clean:
 	$(CARGO) clean

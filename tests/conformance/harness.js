@@ -171,7 +171,27 @@ process.on('exit', () => {
   for (const p of liveProcs) { try { p.kill('SIGKILL'); } catch { /* gone */ } }
 });
 
-async function spawnOnce(extraToml = '') {
+// CONFORMANCE_SPLIT=1: every test runs against two nodes on a real redis-server, with the
+// WebSocket clients on one node and the HTTP API (SDK and signed requests) on the other.
+const SPLIT = process.env.CONFORMANCE_SPLIT === '1';
+
+/** A throw-away redis-server on a free port; resolves {port, proc}. */
+async function startRedis() {
+  const port = await freePort();
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'herald-conf-redis-'));
+  const proc = spawn('redis-server', ['--port', String(port), '--bind', HOST, '--save', '',
+    '--appendonly', 'no', '--dir', dir], { stdio: 'ignore' });
+  liveProcs.add(proc);
+  proc.on('exit', () => liveProcs.delete(proc));
+  await waitFor(() => canConnect(port), { timeout: 5000, what: `redis-server on ${port}` });
+  return { port, proc, dir };
+}
+
+function busToml(redisPort) {
+  return `\n[bus]\ndriver = "redis"\nurl = "redis://${HOST}:${redisPort}"\nlease_seconds = 5\n`;
+}
+
+async function spawnOnce(extraToml = '', nodeId = undefined) {
   const port = await freePort();
   let adminPort = await freePort();
   while (adminPort === port) adminPort = await freePort();
@@ -181,9 +201,11 @@ async function spawnOnce(extraToml = '') {
   const logPath = path.join(dir, 'herald.log');
   const logFd = fs.openSync(logPath, 'a');
 
+  const env = heraldEnv();
+  if (nodeId) env.HERALD_SERVER__NODE_ID = nodeId;
   const proc = spawn(HERALD_BIN, ['--config', configPath], {
     stdio: ['ignore', logFd, logFd],
-    env: heraldEnv(),
+    env,
   });
   fs.closeSync(logFd);
   liveProcs.add(proc);
@@ -249,25 +271,37 @@ async function startHerald({ extraToml = '' } = {}) {
   if (!fs.existsSync(HERALD_BIN)) {
     throw new Error(`herald binary not found at ${HERALD_BIN} (build it or set HERALD_BIN)`);
   }
-  let inst;
-  for (let attempt = 0; ; attempt++) {
-    try {
-      inst = await spawnOnce(extraToml);
-      break;
-    } catch (e) {
-      // port race with another process: retry with fresh ports
-      if (e.exitedEarly && attempt < 2 && /in use|AddrInUse|address already/i.test(e.log || '')) continue;
-      throw e;
+  const spawnRetrying = async (toml, nodeId) => {
+    for (let attempt = 0; ; attempt++) {
+      try {
+        return await spawnOnce(toml, nodeId);
+      } catch (e) {
+        // port race with another process: retry with fresh ports
+        if (e.exitedEarly && attempt < 2 && /in use|AddrInUse|address already/i.test(e.log || '')) continue;
+        throw e;
+      }
     }
-  }
-  return new Herald(inst);
+  };
+  if (!SPLIT) return new Herald(await spawnRetrying(extraToml));
+  const redis = await startRedis();
+  const toml = extraToml + busToml(redis.port);
+  const suffix = crypto.randomBytes(4).toString('hex');
+  const ws = await spawnRetrying(toml, `conf-ws-${suffix}`);
+  const api = await spawnRetrying(toml, `conf-api-${suffix}`);
+  return new Herald(ws, { api, redis });
 }
 
 // ---------------------------------------------------------------------------
 
 class Herald {
-  constructor(inst) {
+  /**
+   * `inst` is the node clients connect to; in split mode `split.api` is the node the HTTP
+   * API goes to (`apiPort`) and `split.redis` their bus.
+   */
+  constructor(inst, split = null) {
     Object.assign(this, inst);
+    this.split = split;
+    this.apiPort = split ? split.api.port : inst.port;
     this.clients = new Set();
     // one keep-alive agent for all SDK instances so stop() can close idle HTTP connections
     this.agent = new http.Agent({ keepAlive: true });
@@ -278,7 +312,7 @@ class Herald {
     const a = APPS[app];
     return new PusherServer({
       appId: a.id, key: a.key, secret: a.secret,
-      host: HOST, port: this.port, useTLS: false, timeout: 5000, agent: this.agent,
+      host: HOST, port: this.apiPort, useTLS: false, timeout: 5000, agent: this.agent,
       ...overrides,
     });
   }
@@ -366,7 +400,7 @@ class Herald {
       .update(`${method}\n${p}\n${qs}`).digest('hex');
     const enc = Object.keys(q).sort().map((k) => `${k}=${encodeURIComponent(q[k])}`).join('&');
     const url = `${p}?${enc}&auth_signature=${sig}`;
-    return httpRequest(this.port, method, url, body);
+    return httpRequest(this.apiPort, method, url, body);
   }
 
   async stop() {
@@ -375,23 +409,31 @@ class Herald {
     }
     this.clients.clear();
     this.agent.destroy();
-    const p = this.proc;
-    if (this.exited) { this.cleanup(); return; }
     await delay(100); // let herald see the client sockets close before draining
-    if (this.exited) { this.cleanup(); return; }
-    const gone = new Promise((r) => p.once('exit', r));
-    p.kill('SIGTERM');
-    // herald drains gracefully; a test run does not need to wait for the whole window
-    const t = setTimeout(() => { try { p.kill('SIGKILL'); } catch { /* ignore */ } }, 1500);
-    await gone;
-    clearTimeout(t);
+    const nodes = [{ proc: this.proc, exited: () => this.exited }];
+    if (this.split) nodes.push({ proc: this.split.api.proc, exited: () => this.split.api.exited });
+    await Promise.all(nodes.map(async ({ proc, exited }) => {
+      if (exited()) return;
+      const gone = new Promise((r) => proc.once('exit', r));
+      proc.kill('SIGTERM');
+      // herald drains gracefully; a test run does not need to wait for the whole window
+      const t = setTimeout(() => { try { proc.kill('SIGKILL'); } catch { /* ignore */ } }, 1500);
+      await gone;
+      clearTimeout(t);
+    }));
+    if (this.split) {
+      try { this.split.redis.proc.kill('SIGKILL'); } catch { /* gone */ }
+      try { fs.rmSync(this.split.redis.dir, { recursive: true, force: true }); } catch { /* ignore */ }
+    }
     this.cleanup();
   }
 
   /** Remove the temp config/log dir unless CONFORMANCE_KEEP_LOGS=1. */
   cleanup() {
     if (process.env.CONFORMANCE_KEEP_LOGS === '1') return;
-    try { fs.rmSync(this.dir, { recursive: true, force: true }); } catch { /* ignore */ }
+    for (const dir of [this.dir, this.split && this.split.api.dir]) {
+      if (dir) try { fs.rmSync(dir, { recursive: true, force: true }); } catch { /* ignore */ }
+    }
   }
 }
 

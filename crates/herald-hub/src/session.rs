@@ -94,7 +94,7 @@ impl Session {
                 ClientMessage::ClientEvent { channel, .. } => ("client event", Some(channel)),
             };
             let channel = channel.map_or("", |c| c.as_str());
-            tracing::info!(app = %self.conn.app.id, socket_id = %self.conn.socket_id, kind, channel, "frame received");
+            tracing::info!(app = %self.conn.app.id, socket_id = %self.conn.socket_id, kind = %kind, channel = %channel, "frame received");
         }
         match msg {
             ClientMessage::Ping => {

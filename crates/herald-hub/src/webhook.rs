@@ -1,4 +1,4 @@
-//! Webhook events (fact sheet §15). The hub decides *that* an event happened, on exactly one
+//! Webhook events (<https://pusher.com/docs/channels/server_api/webhooks/>). The hub decides *that* an event happened, on exactly one
 //! node per event; delivering it over HTTP is the node's business ([`WebhookSink`]).
 
 use serde_json::{json, Value};

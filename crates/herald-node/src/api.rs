@@ -1,4 +1,4 @@
-//! The Pusher HTTP API (fact sheet §14): signed requests under `/apps/{app_id}/`.
+//! The Pusher HTTP API (<https://pusher.com/docs/channels/library_auth_reference/rest-api/>): signed requests under `/apps/{app_id}/`.
 
 use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
@@ -112,6 +112,7 @@ struct Route<'a> {
     name: Option<String>,
 }
 
+/// Which endpoint a method and path name, and the app id, channel or user in the path.
 fn route<'a>(method: &Method, path: &'a str) -> Result<Route<'a>, ApiError> {
     // pusher-http-python 3.x posts terminate_connections without the `/apps/{id}` prefix; the
     // app is then the one whose key signed the request.
@@ -163,6 +164,11 @@ fn route<'a>(method: &Method, path: &'a str) -> Result<Route<'a>, ApiError> {
     })
 }
 
+/// [`route`] for the fuzz target: whether a method and path route somewhere.
+pub fn route_for_fuzzing(method: &Method, path: &str) -> bool {
+    route(method, path).is_ok()
+}
+
 fn percent_decode(s: &str) -> String {
     let hex = |b: u8| (b as char).to_digit(16).map(|d| d as u8);
     let bytes = s.as_bytes();
@@ -182,7 +188,8 @@ fn percent_decode(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-fn query_pairs(query: Option<&str>) -> Vec<(String, String)> {
+/// The decoded `key=value` pairs of a query string (`+` as space, `%XX` escapes).
+pub fn query_pairs(query: Option<&str>) -> Vec<(String, String)> {
     query
         .map(|q| {
             q.split('&')

@@ -20,6 +20,7 @@ pub mod api;
 pub mod config;
 pub mod drain;
 pub mod frames;
+pub mod fuzzing;
 pub mod metrics;
 pub mod node;
 pub mod server;

@@ -1,4 +1,4 @@
-//! Webhook delivery (fact sheet §15): batches of events POSTed to each app's URLs, signed with
+//! Webhook delivery (<https://pusher.com/docs/channels/server_api/webhooks/>): batches of events POSTed to each app's URLs, signed with
 //! `X-Pusher-Key` and `X-Pusher-Signature` (hex HMAC-SHA256 of the body with the app secret),
 //! `Content-Type: application/json` exactly.
 //!

@@ -1,4 +1,4 @@
-//! HTTP API request bodies and parameters (fact sheet §14.3–14.7), validated.
+//! HTTP API request bodies and parameters (<https://pusher.com/docs/channels/library_auth_reference/rest-api/>), validated.
 
 use serde::Deserialize;
 

@@ -1,4 +1,4 @@
-//! HTTP API request authentication (fact sheet §14.1).
+//! HTTP API request authentication (<https://pusher.com/docs/channels/library_auth_reference/rest-api/#authentication>).
 //!
 //! The string to sign is `METHOD\nPATH\nQUERY` where QUERY is every query parameter except
 //! `auth_signature`, keys lower-cased, sorted by key, joined as `key=value` with `&`, values

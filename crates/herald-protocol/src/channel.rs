@@ -1,4 +1,5 @@
-//! Channel names, their kinds (by prefix, in the fact sheet's order) and validation.
+//! Channel names, their kinds (by prefix, most specific first: `private-encrypted-` before
+//! `private-`) and validation.
 
 use std::fmt;
 use std::sync::Arc;

@@ -1,6 +1,6 @@
 //! Messages a client sends over the WebSocket, decoded with simd-json.
 //!
-//! `data` is accepted as a JSON object or as a JSON string holding an object (fact sheet §2).
+//! `data` is accepted as a JSON object or as a JSON string holding an object (pusher-js sends it as a string; other clients as an object).
 //! Client-event data is kept as the string the other clients will receive: a string is passed
 //! through verbatim, anything else is re-serialised once.
 

@@ -2,7 +2,7 @@
 
 use thiserror::Error;
 
-/// Pusher WebSocket error codes (fact sheet §4). `None` on a `pusher:error` means a non-fatal,
+/// Pusher WebSocket error codes (<https://pusher.com/docs/channels/library_auth_reference/pusher-websockets-protocol/#error-codes>). `None` on a `pusher:error` means a non-fatal,
 /// per-request error: the connection stays open.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ErrorCode {
@@ -85,7 +85,7 @@ impl ProtocolError {
         }
     }
 
-    /// The HTTP status for an API error (fact sheet §14.2).
+    /// The HTTP status for an API error (<https://pusher.com/docs/channels/library_auth_reference/rest-api/>).
     pub fn http_status(&self) -> u16 {
         match self {
             ProtocolError::Unauthenticated(_)

@@ -1,4 +1,4 @@
-//! Presence `channel_data` and sign-in `user_data` (fact sheet §8, §10).
+//! Presence `channel_data` and sign-in `user_data` (<https://pusher.com/docs/channels/library_auth_reference/auth-signatures/>).
 
 use simd_json::prelude::*;
 use simd_json::OwnedValue;

@@ -1,6 +1,6 @@
 //! Frames the server sends. `data` is double-encoded (a JSON string holding JSON) everywhere
 //! except `pusher:error` and `pusher:signin_success`, whose data is an object, as the official
-//! service sends them (fact sheet §2).
+//! service sends them (<https://pusher.com/docs/channels/library_auth_reference/pusher-websockets-protocol/>).
 
 use serde::Serialize;
 

@@ -1,4 +1,4 @@
-//! WebSocket-side signatures (fact sheet §7): private and presence channel authorisation and
+//! WebSocket-side signatures (<https://pusher.com/docs/channels/library_auth_reference/auth-signatures/>): private and presence channel authorisation and
 //! user sign-in. All are lowercase hex HMAC-SHA256 keyed with the app secret, sent as
 //! `<app_key>:<hex>`, and compared in constant time.
 

@@ -161,6 +161,6 @@ test('auth: body_md5 mismatch is rejected', async () => {
   };
   const qs = Object.keys(q).sort().map((k) => `${k}=${q[k]}`).join('&');
   const sig = crypto.createHmac('sha256', 'secret1').update(`POST\n/apps/app1/events\n${qs}`).digest('hex');
-  const r = await h.httpRequest(herald.port, 'POST', `/apps/app1/events?${qs}&auth_signature=${sig}`, body);
+  const r = await h.httpRequest(herald.apiPort, 'POST', `/apps/app1/events?${qs}&auth_signature=${sig}`, body);
   assert.ok(r.status === 400 || r.status === 401, `body_md5 mismatch: ${r.status} ${r.body}`);
 });

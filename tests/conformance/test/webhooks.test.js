@@ -28,7 +28,7 @@ test('webhooks validate with the Node SDK and carry the expected events', async 
     `\n[[apps.webhooks]]\nurl = "http://${HOST}:${hooks.port}/pusher/webhooks"\n`;
   const herald = await startHerald({ extraToml });
   t.after(() => herald.stop());
-  const sdk = new PusherServer({ appId: HOOKED.id, key: HOOKED.key, secret: HOOKED.secret, host: HOST, port: herald.port, useTLS: false });
+  const sdk = new PusherServer({ appId: HOOKED.id, key: HOOKED.key, secret: HOOKED.secret, host: HOST, port: herald.apiPort, useTLS: false });
 
   const client = herald.client({ key: HOOKED.key, server: sdk });
   await subscribe(client, 'hooked-channel');

@@ -147,15 +147,31 @@ impl Herald {
 
     /// Starts a node with its own id (for cluster tests).
     pub async fn start_node(node_id: &str, server_extra: &str, rest: &str) -> Herald {
-        Self::spawn("", node_id, server_extra, rest).await
+        Self::spawn("", node_id, server_extra, rest, false).await
     }
 
     /// Starts a node through `sh -c "{shell_prefix} exec herald …"` (e.g. `ulimit -n 200;`).
     pub async fn start_wrapped(shell_prefix: &str, server_extra: &str, rest: &str) -> Herald {
-        Self::spawn(shell_prefix, "test-node", server_extra, rest).await
+        Self::spawn(shell_prefix, "test-node", server_extra, rest, false).await
     }
 
-    async fn spawn(shell_prefix: &str, node_id: &str, server_extra: &str, rest: &str) -> Herald {
+    /// Starts a node whose standard output (info level) goes to a file, read by [`Herald::stdout`].
+    pub async fn start_logged(server_extra: &str, rest: &str) -> Herald {
+        Self::spawn("", "test-node", server_extra, rest, true).await
+    }
+
+    /// What a node started with [`Herald::start_logged`] printed so far.
+    pub fn stdout(&self) -> String {
+        std::fs::read_to_string(self.dir.0.join("stdout.log")).unwrap_or_default()
+    }
+
+    async fn spawn(
+        shell_prefix: &str,
+        node_id: &str,
+        server_extra: &str,
+        rest: &str,
+        logged: bool,
+    ) -> Herald {
         let port = free_port();
         let admin_port = free_port();
         let dir = tempdir::Dir::new();
@@ -178,16 +194,21 @@ impl Herald {
             c.arg(env!("CARGO_BIN_EXE_herald")).arg(&path);
             c
         };
+        let level = if logged {
+            "info".to_owned()
+        } else {
+            std::env::var("HERALD_TEST_LOG").unwrap_or_else(|_| "warn".into())
+        };
+        let stdout = if logged {
+            Stdio::from(std::fs::File::create(dir.0.join("stdout.log")).unwrap())
+        } else if std::env::var_os("HERALD_TEST_LOG").is_some() {
+            Stdio::inherit()
+        } else {
+            Stdio::null()
+        };
         let child = command
-            .env(
-                "RUST_LOG",
-                std::env::var("HERALD_TEST_LOG").unwrap_or_else(|_| "warn".into()),
-            )
-            .stdout(if std::env::var_os("HERALD_TEST_LOG").is_some() {
-                Stdio::inherit()
-            } else {
-                Stdio::null()
-            })
+            .env("RUST_LOG", level)
+            .stdout(stdout)
             .stderr(Stdio::inherit())
             .spawn()
             .expect("herald starts");
