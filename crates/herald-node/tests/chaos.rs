@@ -501,3 +501,239 @@ max_cache_bytes = 100000
         .await;
     assert_eq!(info["cache"]["event"], "e", "{info}");
 }
+
+/// A node killed with SIGKILL while another publishes every 50 ms: the clients of the
+/// surviving nodes get every publish answered 200, in order; the dead node's presence members
+/// are announced gone within the lease bound; the cluster's counts match the survivors.
+#[tokio::test]
+async fn a_node_killed_under_load() {
+    let redis = Redis::start().await;
+    let cfg = bus_apps(&redis.url());
+    let mut nodes = vec![
+        Herald::start_node("k9-a", "", &cfg).await,
+        Herald::start_node("k9-b", "", &cfg).await,
+        Herald::start_node("k9-c", "", &cfg).await,
+    ];
+    let mut observer = Members::join(&nodes[0], "presence-room", "observer").await;
+    let mut doomed = Vec::new();
+    for i in 0..3 {
+        doomed.push(Members::join(&nodes[2], "presence-room", &format!("doomed-{i}")).await);
+    }
+    let mut readers = Vec::new();
+    for n in &nodes {
+        for _ in 0..5 {
+            let mut c = n.client().await;
+            c.subscribe("load").await;
+            readers.push(c);
+        }
+    }
+    let survivors: Vec<Client> = readers.drain(..10).collect();
+    observer.follow(Duration::from_millis(300)).await;
+    assert_eq!(observer.ids.len(), 4);
+
+    let publisher = Publisher::start(nodes[0].api(), "load");
+    let mut reading = Vec::new();
+    for mut c in survivors {
+        reading.push(tokio::spawn(async move {
+            ticks(&mut c, Duration::from_secs(9)).await
+        }));
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let killed = Instant::now();
+    nodes[2].kill9();
+    drop(readers);
+    drop(doomed);
+    while observer.ids.len() > 1 {
+        observer.follow(Duration::from_millis(200)).await;
+        assert!(
+            killed.elapsed() < LEASE * 2 + Duration::from_secs(1),
+            "{:?}",
+            observer.ids
+        );
+    }
+    eprintln!(
+        "the dead node's 3 members announced gone {:?} after SIGKILL",
+        killed.elapsed()
+    );
+    let took = converges(&nodes[..2], "presence-room", &["observer"], "load", 10).await;
+    eprintln!(
+        "counts converged {:?} after SIGKILL",
+        killed.elapsed() - Duration::ZERO.max(took)
+    );
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let sent = publisher.finish().await;
+    for r in reading {
+        let (ok, refused, unconfirmed, delivered) = check_deliveries(&sent, &r.await.unwrap());
+        assert!(ok > 50);
+        eprintln!("200: {ok}, 503: {refused}, 504: {unconfirmed} ({delivered} delivered)");
+    }
+}
+
+/// Connects a client that retries refused handshakes (4100: over the handshake rate) after a
+/// jittered pause, as pusher-js does; subscribes it.
+async fn storm_client(port: u16, channel: String) -> Client {
+    loop {
+        let mut c = Client::connect(port, "/app/key1?protocol=7", None).await;
+        match c.next().await {
+            Event::Text(v) if v["event"] == "pusher:connection_established" => {
+                let data: serde_json::Value =
+                    serde_json::from_str(v["data"].as_str().unwrap()).unwrap();
+                c.socket_id = data["socket_id"].as_str().unwrap().to_owned();
+                let ok = c.subscribe(&channel).await;
+                assert_eq!(
+                    ok["event"], "pusher_internal:subscription_succeeded",
+                    "{ok}"
+                );
+                return c;
+            }
+            Event::Text(v) if v["data"]["code"] == 4100 => {
+                let pause = 200 + rand_ms(800);
+                tokio::time::sleep(Duration::from_millis(pause)).await;
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+}
+
+fn rand_ms(below: u64) -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(Instant::now().elapsed().as_nanos() as u64);
+    h.finish() % below
+}
+
+/// 10,000 clients of a node that dies (SIGKILL) all reconnect at once to another node: the
+/// node admits them at its handshake rate (refusing the excess with 4100, which clients
+/// retry), every one is subscribed again, and one publish reaches each exactly once.
+#[tokio::test]
+async fn ten_thousand_clients_reconnect_at_once() {
+    const N: usize = 10_000;
+    let redis = Redis::start().await;
+    let cfg = bus_apps(&redis.url());
+    let mut a = Herald::start_node("storm-a", "", &cfg).await;
+    let b = Herald::start_node("storm-b", "", &cfg).await;
+    let mut first = Vec::with_capacity(N);
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..N {
+        let port = a.port;
+        tasks.spawn(async move { storm_client(port, format!("storm-{}", i % 100)).await });
+        if i % 500 == 499 {
+            while let Some(c) = tasks.join_next().await {
+                first.push(c.unwrap());
+            }
+        }
+    }
+    assert_eq!(first.len(), N);
+    a.kill9();
+    drop(first);
+    let started = Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..N {
+        let port = b.port;
+        tasks.spawn(async move { storm_client(port, format!("storm-{}", i % 100)).await });
+    }
+    let mut back = Vec::with_capacity(N);
+    while let Some(c) = tasks.join_next().await {
+        back.push(c.unwrap());
+    }
+    let took = started.elapsed();
+    eprintln!("{N} clients reconnected and subscribed in {took:?}");
+    assert_eq!(b.metric("herald_connections{").await, N as f64);
+    let refused = b
+        .metric("herald_connections_refused_total{reason=\"handshake_rate\"}")
+        .await;
+    eprintln!("handshakes refused over the rate and retried: {refused}");
+    for ch in 0..100 {
+        let (status, body) = b
+            .api()
+            .trigger(&[&format!("storm-{ch}")], "after", &ch.to_string(), None)
+            .await;
+        assert_eq!(status, 200, "{body}");
+    }
+    let mut received = 0;
+    for c in &mut back {
+        assert_eq!(c.recv_event("after").await["event"], "after");
+        received += 1;
+    }
+    assert_eq!(received, N);
+    for c in back.iter_mut().take(200) {
+        c.expect_silence(Duration::from_millis(5)).await;
+    }
+}
+
+/// 1,000 clients that subscribe and then never read, among 100 that do: 600 events of 8 KB
+/// (500 a second) reach every healthy client, in order; the slow ones are closed (4100) once
+/// their queue passes its bound (256 KiB here); the node's memory stays within those bounds.
+#[tokio::test]
+async fn a_thousand_slow_consumers_among_healthy_ones() {
+    const QUEUE: i64 = 256 * 1024;
+    let h = Herald::start_with(&format!("outbound_queue_bytes = {QUEUE}"), &default_apps()).await;
+    let mut slow = Vec::new();
+    for _ in 0..1000 {
+        let mut s = common::raw::raw_ws(h.port).await;
+        let sub = br#"{"event":"pusher:subscribe","data":{"channel":"burst"}}"#;
+        tokio::io::AsyncWriteExt::write_all(&mut s, &common::raw::masked(1, sub))
+            .await
+            .unwrap();
+        slow.push(s);
+    }
+    let mut healthy = Vec::new();
+    for _ in 0..100 {
+        let mut c = h.client().await;
+        c.subscribe("burst").await;
+        healthy.push(c);
+    }
+    let rss_before = rss_kib(&h);
+    let data = "x".repeat(8000);
+    let started = Instant::now();
+    let publishing = {
+        let api = h.api();
+        let data = data.clone();
+        tokio::spawn(async move {
+            for i in 0..600 {
+                let (status, _) = api
+                    .trigger(&["burst"], "e", &format!("{i}{data}"), None)
+                    .await;
+                assert_eq!(status, 200);
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+        })
+    };
+    let mut readers = Vec::new();
+    for mut c in healthy {
+        readers.push(tokio::spawn(async move {
+            for i in 0..600 {
+                let v = c.recv_event("e").await;
+                assert!(v["data"].as_str().unwrap().starts_with(&i.to_string()));
+            }
+        }));
+    }
+    for r in readers {
+        r.await.unwrap();
+    }
+    publishing.await.unwrap();
+    let took = started.elapsed();
+    let cut = h.metric("herald_slow_client_disconnects_total").await;
+    let rss_after = rss_kib(&h);
+    eprintln!(
+        "600 events to 100 healthy clients in {took:?}; slow clients closed: {cut}; RSS {rss_before} -> {rss_after} KiB"
+    );
+    assert!(cut >= 900.0, "slow clients closed: {cut}");
+    // At most every slow queue at its bound, plus allocator slack: far under the 4.8 MB
+    // each slow client would hold unbounded.
+    let bound_kib = 1000 * QUEUE / 1024 + 64 * 1024;
+    assert!(
+        rss_after - rss_before < bound_kib,
+        "{rss_before} -> {rss_after} KiB, bound {bound_kib}"
+    );
+    drop(slow);
+}
+
+fn rss_kib(h: &Herald) -> i64 {
+    let status = std::fs::read_to_string(format!("/proc/{}/status", h.child.id())).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap()
+}

@@ -19,6 +19,7 @@ use tokio::net::TcpStream;
 
 pub mod hooks;
 pub mod proxy;
+pub mod raw;
 pub mod redis;
 
 pub const KEY: &str = "key1";
