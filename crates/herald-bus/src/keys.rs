@@ -93,6 +93,18 @@ impl Keys {
         format!("{}:reaped:{}", self.prefix, node)
     }
 
+    /// The topic a node's subscriber connection listens to for as long as it lives: a publish
+    /// to it reaching no one means the node's subscriber connection is gone (a hash tag of its
+    /// own, so it is sharded on Redis Cluster).
+    pub fn alive(&self, node: &str) -> String {
+        format!("{{{}:alive:{}}}", self.prefix, node)
+    }
+
+    /// Held by the node that probes the others' liveness topics.
+    pub fn prober(&self) -> String {
+        format!("{}:prober", self.prefix)
+    }
+
     /// Lock taken by the node that cleans up after a dead one.
     pub fn reap_lock(&self, node: &str) -> String {
         format!("{}:reap:{}", self.prefix, node)

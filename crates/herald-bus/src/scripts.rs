@@ -209,6 +209,21 @@ return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
     )
 });
 
+/// KEYS: a role's key. ARGV: node, ttl (ms). Takes the role if free, keeps it if this node
+/// holds it; returns 1 when this node holds it.
+pub static HOLD: LazyLock<Script> = LazyLock::new(|| {
+    Script::from_lua(
+        r#"
+local holder = redis.call('GET', KEYS[1])
+if holder == ARGV[1] or not holder then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+  return 1
+end
+return 0
+"#,
+    )
+});
+
 /// KEYS: the node registry. Returns the nodes whose lease expired (on Redis's clock).
 pub static EXPIRED_NODES: LazyLock<Script> = LazyLock::new(|| {
     Script::from_lua(

@@ -230,6 +230,7 @@ impl ClusterState for LocalBus {
         }
         cache.bytes = total;
         cache.entries.insert(channel.clone(), (frame, now + ttl));
+        crate::metrics::cache_bytes(app_id, total);
         Ok(CachePut::Stored)
     }
 

@@ -14,6 +14,10 @@ pub const SLOW_CLIENTS: &str = "herald_slow_client_disconnects_total";
 pub const RATE_LIMITED: &str = "herald_client_events_rate_limited_total";
 pub const PUBLISH_DELIVERY: &str = "herald_publish_delivery_seconds";
 
+pub fn cache_bytes(app: &str, bytes: u64) {
+    gauge!("herald_cache_bytes", "app" => app.to_owned()).set(bytes as f64);
+}
+
 pub fn cache_refused(app: &str) {
     counter!("herald_cache_refused_total", "app" => app.to_owned()).increment(1);
 }

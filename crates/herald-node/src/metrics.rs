@@ -110,6 +110,23 @@ fn describe() {
         "herald_bus_topology_changes_total",
         "Redis Cluster slot moves (failover, resharding) after which every topic was subscribed again"
     );
+    describe_counter!(
+        "herald_bus_stalls_total",
+        "Times a ping of a Redis connection went unanswered (Redis stalled or the link frozen)"
+    );
+    describe_counter!(
+        "herald_bus_publishes_partial_total",
+        "Publishes answered 504: fewer nodes received them than hold subscribers of the channel"
+    );
+    describe_gauge!(
+        "herald_cache_bytes",
+        Unit::Bytes,
+        "Bytes of cached events an app's cache channels hold, by app"
+    );
+    describe_counter!(
+        "herald_cache_refused_total",
+        "Triggers refused with 507: the app's cache would exceed max_cache_bytes, by app"
+    );
     describe_gauge!(
         "herald_bus_connected",
         "1 when the bus is connected and its subscriptions restored"
@@ -153,6 +170,8 @@ pub fn register_zeroes(apps: &[String], max_connections: u64, in_process_bus: bo
         counter!("herald_connections_opened_total", "app" => app.clone()).absolute(0);
         counter!("herald_slow_client_disconnects_total", "app" => app.clone()).absolute(0);
         counter!("herald_client_events_rate_limited_total", "app" => app.clone()).absolute(0);
+        counter!("herald_cache_refused_total", "app" => app.clone()).absolute(0);
+        gauge!("herald_cache_bytes", "app" => app.clone()).set(0.0);
     }
     counter!("herald_connections_refused_total", "reason" => "node_limit").absolute(0);
     gauge!("herald_subscriptions").set(0.0);
@@ -167,6 +186,9 @@ pub fn register_zeroes(apps: &[String], max_connections: u64, in_process_bus: bo
     counter!("herald_bus_messages_received_total").absolute(0);
     counter!("herald_bus_reconnects_total").absolute(0);
     counter!("herald_bus_topology_changes_total").absolute(0);
+    counter!("herald_bus_stalls_total").absolute(0);
+    counter!("herald_bus_publishes_partial_total").absolute(0);
+    gauge!("herald_http_connections").set(0.0);
     gauge!("herald_bus_topics").set(0.0);
     gauge!("herald_draining").set(0.0);
     counter!("herald_webhooks_sent_total", "outcome" => "delivered").absolute(0);

@@ -502,13 +502,19 @@ max_cache_bytes = 100000
     assert_eq!(info["cache"]["event"], "e", "{info}");
 }
 
-/// A node killed with SIGKILL while another publishes every 50 ms: the clients of the
-/// surviving nodes get every publish answered 200, in order; the dead node's presence members
-/// are announced gone within the lease bound; the cluster's counts match the survivors.
+/// A node killed with SIGKILL while another publishes every 50 ms, with the default 10 s
+/// lease: the clients of the surviving nodes get every publish answered 200, in order; the
+/// dead node is noticed by its connections being gone (not its lease), so its presence members
+/// are announced gone within about 3 s and publishes are confirmed again; the cluster's counts
+/// match the survivors.
 #[tokio::test]
 async fn a_node_killed_under_load() {
     let redis = Redis::start().await;
-    let cfg = bus_apps(&redis.url());
+    let cfg = format!(
+        "[bus]\ndriver = \"redis\"\nurl = \"{}\"\nlease_seconds = 10\n{}",
+        redis.url(),
+        default_apps()
+    );
     let mut nodes = vec![
         Herald::start_node("k9-a", "", &cfg).await,
         Herald::start_node("k9-b", "", &cfg).await,
@@ -546,7 +552,7 @@ async fn a_node_killed_under_load() {
     while observer.ids.len() > 1 {
         observer.follow(Duration::from_millis(200)).await;
         assert!(
-            killed.elapsed() < LEASE * 2 + Duration::from_secs(1),
+            killed.elapsed() < Duration::from_millis(5500),
             "{:?}",
             observer.ids
         );
@@ -555,11 +561,8 @@ async fn a_node_killed_under_load() {
         "the dead node's 3 members announced gone {:?} after SIGKILL",
         killed.elapsed()
     );
-    let took = converges(&nodes[..2], "presence-room", &["observer"], "load", 10).await;
-    eprintln!(
-        "counts converged {:?} after SIGKILL",
-        killed.elapsed() - Duration::ZERO.max(took)
-    );
+    converges(&nodes[..2], "presence-room", &["observer"], "load", 10).await;
+    eprintln!("counts converged {:?} after SIGKILL", killed.elapsed());
     tokio::time::sleep(Duration::from_secs(2)).await;
     let sent = publisher.finish().await;
     for r in reading {

@@ -6,6 +6,12 @@
 //! members whose last socket went), counts and connection counts using the node's index,
 //! removes the lease only if it is still expired, and releases the lock.
 //!
+//! A crashed node's connections close at once, so its liveness topic (which only its
+//! subscriber connection listens to) stops having a subscriber. One node at a time (the
+//! prober) publishes to every node's liveness topic each second; a node that reaches no one
+//! three times running is reaped then, instead of a lease later, and its lease removed so
+//! that, should it be alive after all, it rejoins.
+//!
 //! A node that was alive all along (Redis stalled, its link froze) finds out at its next
 //! renewal: the lease it renews had lapsed. It then waits for any reaper to finish, and
 //! writes its whole state again; if it was reaped, its members are announced again to the
@@ -233,6 +239,122 @@ pub(crate) async fn after_lapse(shared: &Shared) -> Result<bool, Error> {
         .getdel(shared.keys.reaped(&shared.cfg.node_id))
         .await?;
     Ok(mark.is_some())
+}
+
+/// How often the prober checks every node's liveness topic, and how many misses in a row
+/// make a node dead.
+const PROBE_EVERY: Duration = Duration::from_secs(1);
+const PROBE_MISSES: u32 = 3;
+
+/// Publishes an empty probe on a node's liveness topic; how many subscriber connections got
+/// it.
+async fn probe(shared: &Shared, node: &str) -> Result<i64, Error> {
+    let topic = shared.keys.alive(node);
+    if shared.sharded() {
+        shared.client.spublish(topic, "").await
+    } else {
+        shared.client.publish(topic, "").await
+    }
+}
+
+/// Takes or keeps the prober role (one node probes at a time).
+async fn hold_prober(shared: &Shared) -> Result<bool, Error> {
+    let held: i64 = scripts::HOLD
+        .evalsha_with_reload(
+            &shared.client,
+            vec![shared.keys.prober()],
+            vec![
+                shared.cfg.node_id.clone(),
+                (PROBE_EVERY.as_millis() * 3).to_string(),
+            ],
+        )
+        .await?;
+    Ok(held == 1)
+}
+
+/// On the prober: reaps nodes whose subscriber connection has been gone for
+/// [`PROBE_MISSES`] probes in a row.
+pub(crate) async fn crash_loop(shared: std::sync::Arc<Shared>) {
+    let mut tick = tokio::time::interval(PROBE_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut misses: std::collections::HashMap<String, u32> = Default::default();
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = shared.cancel.cancelled() => return,
+        }
+        if !shared.is_ready() || !matches!(hold_prober(&shared).await, Ok(true)) {
+            misses.clear();
+            continue;
+        }
+        let nodes: Vec<String> = match shared
+            .client
+            .zrange(shared.keys.nodes(), 0, -1, None, false, None, false)
+            .await
+        {
+            Ok(n) => n,
+            Err(_) => continue,
+        };
+        misses.retain(|n, _| nodes.contains(n));
+        for node in nodes {
+            if node == shared.cfg.node_id {
+                continue;
+            }
+            match probe(&shared, &node).await {
+                Ok(0) => {
+                    let n = misses.entry(node.clone()).or_insert(0);
+                    *n += 1;
+                    if *n >= PROBE_MISSES {
+                        misses.remove(&node);
+                        reap_crashed(&shared, &node).await;
+                    }
+                }
+                Ok(_) => {
+                    misses.remove(&node);
+                }
+                Err(_) => {}
+            }
+        }
+    }
+}
+
+/// Reaps a node whose subscriber connection is gone, under the reap lock, after one more
+/// probe; removes its lease too, so that a node that was alive after all rejoins.
+async fn reap_crashed(shared: &Shared, node: &str) {
+    let lock_key = shared.keys.reap_lock(node);
+    let lock: Result<Option<String>, _> = shared
+        .client
+        .set(
+            &lock_key,
+            shared.cfg.node_id.as_str(),
+            Some(Expiration::PX(shared.cfg.lease.as_millis() as i64 * 3)),
+            Some(SetOptions::NX),
+            false,
+        )
+        .await;
+    if !matches!(lock, Ok(Some(_))) {
+        return;
+    }
+    if matches!(probe(shared, node).await, Ok(0)) {
+        tracing::warn!(
+            node,
+            "a node's connections to Redis are gone; removing its state"
+        );
+        let _: Result<(), _> = shared
+            .client
+            .set(
+                shared.keys.reaped(node),
+                now_ms().to_string(),
+                Some(Expiration::EX(24 * 3600)),
+                None,
+                false,
+            )
+            .await;
+        if reap(shared, node).await {
+            let _: Result<i64, _> = shared.client.zrem(shared.keys.nodes(), node).await;
+        }
+    }
+    let _: Result<i64, _> = shared.client.del(&lock_key).await;
 }
 
 /// Renews the lease every third of it, notices a lapse (then asks for a rejoin), and reaps

@@ -145,6 +145,11 @@ impl RedisBus {
             .getdel(shared.keys.reaped(&shared.cfg.node_id))
             .await
             .map_err(state::unavailable)?;
+        // Listening on its liveness topic before it registers: a registered node that
+        // reaches no one there is taken for crashed.
+        topics::subscribe_for_life(&shared, shared.keys.alive(&shared.cfg.node_id))
+            .await
+            .map_err(state::unavailable)?;
         lease::renew(&shared).await.map_err(state::unavailable)?;
         *shared.gate.handled_owners.write() =
             topology::slot_owners(shared.client.cached_cluster_state());
@@ -152,6 +157,7 @@ impl RedisBus {
         t.spawn(receive_loop(shared.clone()));
         t.spawn(recovery::flush_loop(shared.clone()));
         t.spawn(lease::lease_loop(shared.clone()));
+        t.spawn(lease::crash_loop(shared.clone()));
         t.spawn(recovery::recovery_loop(shared.clone()));
         t.spawn(recovery::ping_loop(shared.clone()));
         if shared.sharded() {
@@ -171,6 +177,7 @@ impl RedisBus {
 /// Hands every bus message from other nodes to the hub.
 async fn receive_loop(inner: Arc<Shared>) {
     let mut rx = inner.subscriber.message_rx();
+    let alive = inner.keys.alive(&inner.cfg.node_id);
     loop {
         let received = tokio::select! {
             r = rx.recv() => r,
@@ -178,6 +185,9 @@ async fn receive_loop(inner: Arc<Shared>) {
         };
         match received {
             Ok(message) => {
+                if *message.channel == *alive {
+                    continue; // another node's liveness probe
+                }
                 let Some(bytes) = message.value.into_bytes() else {
                     continue;
                 };

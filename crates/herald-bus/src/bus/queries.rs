@@ -108,7 +108,7 @@ pub(crate) async fn cache_put(
         )
         .await
         .map_err(unavailable)?;
-    metrics::gauge!("herald_cache_bytes", "app" => app_id.to_owned()).set(total as f64);
+    herald_hub::metrics::cache_bytes(app_id, total.max(0) as u64);
     Ok(if stored == 1 {
         CachePut::Stored
     } else {

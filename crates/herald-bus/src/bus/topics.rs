@@ -136,6 +136,21 @@ async fn unsubscribe(shared: &Shared, topics: Vec<String>) -> Result<(), Error> 
     }
 }
 
+/// Subscribes to a topic for the life of the node (its liveness topic): it is in the map, so
+/// every re-subscription restores it, and never idle.
+pub(crate) async fn subscribe_for_life(shared: &Shared, topic: String) -> Result<(), Error> {
+    let _ops = shared.topics.ops.lock().await;
+    subscribe(shared, vec![topic.clone()]).await?;
+    shared.topics.map.lock().insert(
+        topic,
+        Topic {
+            state: TopicState::Subscribed,
+            idle_since: None,
+        },
+    );
+    Ok(())
+}
+
 /// Subscribes every topic of the map again (after a reconnect; subscribing twice is a no-op in
 /// Redis). The map is the source of truth, not fred's tracked sets: fred's own
 /// `resubscribe_all` sends `SUBSCRIBE`/`PSUBSCRIBE` with no arguments when a set is empty, and
@@ -143,7 +158,17 @@ async fn unsubscribe(shared: &Shared, topics: Vec<String>) -> Result<(), Error> 
 /// shifts every later reply by one.
 pub(crate) async fn resubscribe_all(shared: &Shared) -> Result<(), Error> {
     let _ops = shared.topics.ops.lock().await;
-    let topics: Vec<String> = shared.topics.map.lock().keys().cloned().collect();
+    // The liveness topic first: until it is back, other nodes count this one as gone.
+    let alive = shared.keys.alive(&shared.cfg.node_id);
+    subscribe(shared, vec![alive.clone()]).await?;
+    let topics: Vec<String> = shared
+        .topics
+        .map
+        .lock()
+        .keys()
+        .filter(|t| **t != alive)
+        .cloned()
+        .collect();
     for chunk in topics.chunks(RESUBSCRIBE_BATCH) {
         subscribe(shared, chunk.to_vec()).await?;
     }
