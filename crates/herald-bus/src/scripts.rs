@@ -9,6 +9,13 @@ use std::sync::LazyLock;
 
 use fred::types::scripts::Script;
 
+/// A script that starts with `now`, Redis's clock in ms.
+fn with_now(body: &str) -> Script {
+    Script::from_lua(format!(
+        "local t = redis.call('TIME')\nlocal now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)\n{body}"
+    ))
+}
+
 /// KEYS: the channel's subs hash. ARGV: topic, payload, deadline (Redis ms), this node, 1 when
 /// this node listens to the topic itself, 1 for sharded pub/sub.
 ///
@@ -18,10 +25,8 @@ use fred::types::scripts::Script;
 /// have (those with subscribers of the channel, besides this one, plus this one if it
 /// listens). Fewer receivers than expected means a node with subscribers missed it.
 pub static PUBLISH: LazyLock<Script> = LazyLock::new(|| {
-    Script::from_lua(
+    with_now(
         r#"
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 if now > tonumber(ARGV[3]) then return {-1, 0} end
 local n
 if ARGV[6] == '1' then
@@ -187,10 +192,8 @@ return 1
 /// returns {previous expiry or -1 when there was none, now}. A previous expiry in the past (or
 /// none) means the lease lapsed: other nodes may have removed this node's state.
 pub static LEASE_RENEW: LazyLock<Script> = LazyLock::new(|| {
-    Script::from_lua(
+    with_now(
         r#"
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local prev = redis.call('ZSCORE', KEYS[1], ARGV[1])
 redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[1])
 if prev then return {tonumber(prev), now} end
@@ -200,14 +203,7 @@ return {-1, now}
 });
 
 /// Redis's clock in ms (to measure this node's offset from it).
-pub static NOW_MS: LazyLock<Script> = LazyLock::new(|| {
-    Script::from_lua(
-        r#"
-local t = redis.call('TIME')
-return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-"#,
-    )
-});
+pub static NOW_MS: LazyLock<Script> = LazyLock::new(|| with_now("return now"));
 
 /// KEYS: a role's key. ARGV: node, ttl (ms). Takes the role if free, keeps it if this node
 /// holds it; returns 1 when this node holds it.
@@ -226,10 +222,8 @@ return 0
 
 /// KEYS: the node registry. Returns the nodes whose lease expired (on Redis's clock).
 pub static EXPIRED_NODES: LazyLock<Script> = LazyLock::new(|| {
-    Script::from_lua(
+    with_now(
         r#"
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 return redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now)
 "#,
     )
@@ -238,10 +232,8 @@ return redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now)
 /// KEYS: the node registry. ARGV: node, 1 to also remove the lease. Returns 1 when the node's
 /// lease is (still) expired, removing it when asked; 0 when it was renewed or is gone.
 pub static LEASE_EXPIRED: LazyLock<Script> = LazyLock::new(|| {
-    Script::from_lua(
+    with_now(
         r#"
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local score = redis.call('ZSCORE', KEYS[1], ARGV[1])
 if not score or tonumber(score) > now then return 0 end
 if ARGV[2] == '1' then redis.call('ZREM', KEYS[1], ARGV[1]) end
@@ -255,10 +247,8 @@ return 1
 /// the frame if the app's total stays within the limit. Returns {1, total} when stored,
 /// {0, total} when the limit refused it. The keys live as long as the newest entry.
 pub static CACHE_PUT: LazyLock<Script> = LazyLock::new(|| {
-    Script::from_lua(
+    with_now(
         r#"
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local total = tonumber(redis.call('GET', KEYS[3]) or '0')
 for _, ch in ipairs(redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now, 'LIMIT', 0, 100)) do
   total = total - redis.call('HSTRLEN', KEYS[1], ch)
@@ -286,10 +276,8 @@ return {1, new_total}
 /// KEYS: an app's cache hash and expiry sorted set. ARGV: channel. Returns {frame, ms left}, or
 /// {} when there is none or it expired.
 pub static CACHE_GET: LazyLock<Script> = LazyLock::new(|| {
-    Script::from_lua(
+    with_now(
         r#"
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local expiry = redis.call('ZSCORE', KEYS[2], ARGV[1])
 if not expiry or tonumber(expiry) <= now then return {} end
 local frame = redis.call('HGET', KEYS[1], ARGV[1])

@@ -9,7 +9,6 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, OnceLock};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use dashmap::DashMap;
@@ -79,13 +78,7 @@ impl std::fmt::Debug for Hub {
     }
 }
 
-/// Unix time in microseconds.
-pub fn now_us() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_micros() as u64)
-        .unwrap_or(0)
-}
+pub use crate::clock::now_us;
 
 impl Hub {
     /// Builds the hub, attaches it to the broker as the receiver of remote messages, and starts
@@ -140,7 +133,7 @@ impl Hub {
 
     /// Emits a webhook event if the app has webhooks. Internal channels never produce any.
     pub(crate) fn webhook(&self, app_id: &str, event: WebhookEvent) {
-        if event.channel().starts_with('#') {
+        if herald_protocol::channel::is_internal(event.channel()) {
             return;
         }
         let Some(sink) = self.webhooks.get() else {

@@ -13,6 +13,7 @@
 //! outbound queues.
 
 pub mod app;
+pub mod clock;
 pub mod cluster;
 pub mod connection;
 mod counts;

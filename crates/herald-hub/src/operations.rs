@@ -8,7 +8,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use herald_protocol::api::{InfoAttrs, Publish};
 use herald_protocol::presence::Member;
-use herald_protocol::{server, ChannelKind, ChannelName, ErrorCode};
+use herald_protocol::{channel, server, ChannelKind, ChannelName, ErrorCode};
 
 use crate::app::App;
 use crate::cluster::{BusError, CachePut, ChannelStats, PublishError};
@@ -161,7 +161,7 @@ impl Hub {
         prefix: &str,
     ) -> Result<Vec<ChannelStats>, BusError> {
         let mut channels = self.cluster.channels(&app.id, prefix).await?;
-        channels.retain(|c| !c.name.starts_with('#') && c.subscription_count > 0);
+        channels.retain(|c| !channel::is_internal(&c.name) && c.subscription_count > 0);
         Ok(channels)
     }
 

@@ -1,7 +1,7 @@
 //! The Pusher HTTP API (<https://pusher.com/docs/channels/library_auth_reference/rest-api/>): signed requests under `/apps/{app_id}/`.
 
 use std::sync::Arc;
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::Instant;
 
 use bytes::Bytes;
 use herald_hub::hub::now_us;
@@ -274,10 +274,7 @@ async fn handle_route(
     let path = req.uri().path().to_owned();
     let query = query_pairs(req.uri().query());
     let body = read_body(node, req.into_body()).await?;
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
+    let now = herald_hub::clock::now_secs();
     let signed = SignedRequest {
         method: &method,
         path: &path,

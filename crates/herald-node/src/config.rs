@@ -116,6 +116,8 @@ pub struct BusConfig {
 
 impl Default for BusConfig {
     fn default() -> Self {
+        // The bus's own defaults, so they are written once.
+        let bus = herald_bus::RedisBusConfig::new("");
         BusConfig {
             driver: "memory".into(),
             url: None,
@@ -123,8 +125,8 @@ impl Default for BusConfig {
             sentinel_urls: Vec::new(),
             sentinel_master: None,
             tls_ca_file: None,
-            key_prefix: "herald".into(),
-            lease_seconds: 10,
+            key_prefix: bus.key_prefix,
+            lease_seconds: bus.lease.as_secs(),
         }
     }
 }

@@ -8,10 +8,9 @@ use rand::Rng;
 use tokio::time::Instant;
 use tokio_util::task::TaskTracker;
 
-use crate::node::Node;
+use herald_protocol::ErrorCode;
 
-/// Close code for a drain: pusher-js reconnects at once (to another node behind the balancer).
-pub const DRAIN_CODE: u16 = 4200;
+use crate::node::Node;
 
 pub async fn wait_for_signal() {
     #[cfg(unix)]
@@ -72,7 +71,11 @@ pub async fn drain(node: &Node, tracker: &TaskTracker) -> Instant {
         };
         tokio::time::sleep_until(started + slot * i as u32 + jitter).await;
         conn.outbox
-            .close(DRAIN_CODE, "Server is shutting down; reconnect");
+            // 4200: pusher-js reconnects at once (to another node behind the balancer).
+            .close(
+                ErrorCode::ReconnectImmediately.as_u16(),
+                "Server is shutting down; reconnect",
+            );
     }
     node.shutdown.cancel();
     tracker.close();

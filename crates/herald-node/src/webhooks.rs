@@ -9,7 +9,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use bytes::Bytes;
 use herald_hub::{WebhookEvent, WebhookSink};
@@ -258,10 +258,7 @@ fn flush(
             if chosen.is_empty() {
                 continue;
             }
-            let time_ms = SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map(|d| d.as_millis() as u64)
-                .unwrap_or(0);
+            let time_ms = herald_hub::clock::now_ms();
             let body = Bytes::from(json!({ "time_ms": time_ms, "events": chosen }).to_string());
             let signature = herald_protocol::signature::sign(&app.secret, &body);
             let Ok(permit) = deliveries.clone().try_acquire_owned() else {

@@ -13,6 +13,12 @@ pub const SERVER_TO_USER_PREFIX: &str = "#server-to-user-";
 /// The prefix of the internal channels that carry a user's online state to its watchers.
 pub const WATCHLIST_PREFIX: &str = "#watchlist-";
 
+/// Whether a channel name is one of Herald's internal channels (`#server-to-user-…`,
+/// `#watchlist-…`): never listed by the API, never the subject of a webhook.
+pub fn is_internal(name: &str) -> bool {
+    name.starts_with('#')
+}
+
 /// What a channel's prefix makes it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum ChannelKind {

@@ -4,7 +4,6 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use dashmap::DashMap;
 use fred::clients::SubscriberClient;
@@ -29,19 +28,7 @@ pub(crate) type ChannelKey = (Arc<str>, ChannelName);
 /// A Redis Cluster slot map: (first slot, last slot, master).
 pub(crate) type SlotOwners = Vec<(u16, u16, Server)>;
 
-pub(crate) fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
-
-pub(crate) fn now_us() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_micros() as u64)
-        .unwrap_or(0)
-}
+pub(crate) use herald_hub::clock::{now_ms, now_us};
 
 pub(crate) fn unavailable(e: impl std::fmt::Display) -> herald_hub::BusError {
     herald_hub::BusError::Unavailable(e.to_string())
