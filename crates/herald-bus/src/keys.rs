@@ -45,6 +45,13 @@ impl Keys {
         format!("{}:usersockets", self.tag(app, channel))
     }
 
+    /// A history channel's stream (entries `offset-0` holding the publish time `t` and the
+    /// frame `f`) and its meta (hash: `epoch`, `offset`), which outlives the entries.
+    pub fn history(&self, app: &str, channel: &str) -> [String; 2] {
+        let tag = self.tag(app, channel);
+        [format!("{tag}:history"), format!("{tag}:history:meta")]
+    }
+
     /// The four keys of a channel, in the order the scripts take them.
     pub fn channel_keys(&self, app: &str, channel: &str) -> Vec<String> {
         vec![

@@ -44,6 +44,82 @@ return {n, expected}
     )
 });
 
+/// [`PUBLISH`] for a history channel, which also keeps the event in the channel's stream.
+/// KEYS: subs, the stream, its meta. ARGV: topic, envelope head, frame, deadline, this node,
+/// listening, sharded, size, ttl (ms), an epoch for a new stream, meta ttl (ms).
+///
+/// The offset comes from the meta (a new stream gets the epoch given and starts at 1), the
+/// frame gets its `position`, the stream keeps it (capped at `size`, expiring with `ttl`), and
+/// the envelope is published with the position between head and frame — one call, so the
+/// order in the stream is the order of delivery. Returns {receivers, expected, offset, epoch},
+/// or {-1, 0, 0, ""} past the deadline (no offset used).
+pub static PUBLISH_HISTORY: LazyLock<Script> = LazyLock::new(|| {
+    with_now(
+        r#"
+if now > tonumber(ARGV[4]) then return {-1, 0, 0, ''} end
+local epoch = redis.call('HGET', KEYS[3], 'epoch')
+if not epoch then
+  epoch = ARGV[10]
+  redis.call('DEL', KEYS[2])
+  redis.call('HSET', KEYS[3], 'epoch', epoch)
+end
+local offset = redis.call('HINCRBY', KEYS[3], 'offset', 1)
+local frame = string.sub(ARGV[3], 1, -2) .. ',"position":{"epoch":"' .. epoch .. '","offset":' .. offset .. '}}'
+redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[8], offset .. '-0', 't', now, 'f', frame)
+redis.call('PEXPIRE', KEYS[2], ARGV[9])
+redis.call('PEXPIRE', KEYS[3], ARGV[11])
+local pos = epoch .. ':' .. offset
+local payload = ARGV[2] .. string.char(#pos) .. pos .. frame
+local n
+if ARGV[7] == '1' then
+  n = redis.call('SPUBLISH', ARGV[1], payload)
+else
+  n = redis.call('PUBLISH', ARGV[1], payload)
+end
+local expected = tonumber(ARGV[6])
+local subs = redis.call('HGETALL', KEYS[1])
+for i = 1, #subs, 2 do
+  if subs[i] ~= ARGV[5] and tonumber(subs[i + 1]) > 0 then expected = expected + 1 end
+end
+return {n, expected, offset, epoch}
+"#,
+    )
+});
+
+/// KEYS: a history channel's stream and meta. ARGV: after (offset), limit, ttl (ms), 1 to
+/// create a missing stream, an epoch for it. Returns {} without a stream, else {epoch, last
+/// offset, then offset and frame of each event after `after` (at most `limit`, oldest first,
+/// none older than `ttl`)}. A created stream starts at offset 0 and lives for `ttl` unless
+/// events follow.
+pub static HISTORY_READ: LazyLock<Script> = LazyLock::new(|| {
+    with_now(
+        r#"
+local epoch = redis.call('HGET', KEYS[2], 'epoch')
+if not epoch then
+  if ARGV[4] ~= '1' then return {} end
+  epoch = ARGV[5]
+  redis.call('DEL', KEYS[1])
+  redis.call('HSET', KEYS[2], 'epoch', epoch, 'offset', 0)
+  redis.call('PEXPIRE', KEYS[2], ARGV[3])
+end
+local out = {epoch, tonumber(redis.call('HGET', KEYS[2], 'offset') or '0')}
+local limit = tonumber(ARGV[2])
+if limit > 0 then
+  local oldest = now - tonumber(ARGV[3])
+  local entries = redis.call('XRANGE', KEYS[1], '(' .. ARGV[1] .. '-0', '+', 'COUNT', limit)
+  for _, e in ipairs(entries) do
+    local fields = e[2]
+    if tonumber(fields[2]) > oldest then
+      table.insert(out, tonumber(string.sub(e[1], 1, string.find(e[1], '-') - 1)))
+      table.insert(out, fields[4])
+    end
+  end
+end
+return out
+"#,
+    )
+});
+
 /// ARGV: user_id, user_info, node|socket, max_members.
 /// Returns {1|0 first socket of the user, members as a flat list} or {-1} when full.
 pub static PRESENCE_JOIN: LazyLock<Script> = LazyLock::new(|| {

@@ -48,6 +48,10 @@ pub struct App {
     /// Where this app's webhooks go.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub webhooks: Vec<Webhook>,
+    /// Channels that keep their recent events, so a returning client can resume
+    /// (`[[apps.history]]`); the first rule whose prefix matches a channel applies.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub history: Vec<HistoryRule>,
     /// Log the metadata (never the payload) of every frame of this app's connections (set
     /// from `[log] debug_app`).
     #[serde(skip)]
@@ -64,6 +68,43 @@ pub struct Webhook {
     /// `member_removed`, `client_event`, `cache_miss`, `subscription_count`); empty = all.
     #[serde(default)]
     pub event_types: Vec<String>,
+}
+
+/// Which channels keep history, and how much (`[[apps.history]]`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HistoryRule {
+    /// Channels whose name starts with this (`private-`/`presence-` included as written).
+    pub prefix: String,
+    /// Events kept per channel.
+    pub size: usize,
+    /// Seconds an event is kept.
+    pub ttl: u64,
+}
+
+/// Most events a history rule may keep per channel.
+pub const MAX_HISTORY_SIZE: usize = 10_000;
+/// Longest time a history rule may keep an event (a day).
+pub const MAX_HISTORY_TTL: u64 = 86_400;
+
+impl HistoryRule {
+    pub fn ttl(&self) -> Duration {
+        Duration::from_secs(self.ttl)
+    }
+
+    /// Why the rule cannot be used, if it cannot.
+    pub fn check(&self) -> Result<(), String> {
+        if self.prefix.is_empty() {
+            return Err("prefix must not be empty".into());
+        }
+        if self.size == 0 || self.size > MAX_HISTORY_SIZE {
+            return Err(format!("size must be 1 to {MAX_HISTORY_SIZE}"));
+        }
+        if self.ttl == 0 || self.ttl > MAX_HISTORY_TTL {
+            return Err(format!("ttl must be 1 to {MAX_HISTORY_TTL} seconds"));
+        }
+        Ok(())
+    }
 }
 
 impl Default for App {
@@ -87,6 +128,7 @@ impl Default for App {
             max_cache_bytes: DEFAULT_MAX_CACHE_BYTES,
             api_requests_per_second: 0,
             webhooks: Vec::new(),
+            history: Vec::new(),
             debug_frames: false,
         }
     }
@@ -111,6 +153,13 @@ impl App {
     /// The "authorized connections" deadline, if the app has the rule.
     pub fn authorized_connections(&self) -> Option<Duration> {
         self.authorized_connections_timeout.map(Duration::from_secs)
+    }
+
+    /// The history rule of a channel, if it keeps history.
+    pub fn history_for(&self, channel: &herald_protocol::ChannelName) -> Option<&HistoryRule> {
+        self.history
+            .iter()
+            .find(|r| channel.as_str().starts_with(&r.prefix))
     }
 
     pub fn has_webhooks(&self) -> bool {

@@ -11,7 +11,10 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bytes::Bytes;
 use herald_protocol::presence::Member;
+use herald_protocol::server::Position;
 use herald_protocol::{ChannelName, SocketId};
+
+use crate::app::HistoryRule;
 use thiserror::Error;
 
 /// What travels on a channel's topic.
@@ -34,6 +37,9 @@ pub struct BusMessage {
     pub exclude: Option<SocketId>,
     /// When the publish arrived at its first node, Unix microseconds (for latency metrics).
     pub published_at_us: u64,
+    /// A history channel's event: its position in the channel's stream (the frame carries it
+    /// too). `None` for everything else.
+    pub position: Option<Position>,
     pub payload: BusPayload,
 }
 
@@ -59,8 +65,13 @@ pub enum PublishError {
     #[error("the publish was not confirmed and may have been delivered: {0}")]
     Unconfirmed(String),
     /// Confirmed by fewer nodes than hold subscribers of the channel: delivered to some.
+    /// A history channel's event has its position all the same.
     #[error("delivered to {reached} of the {expected} nodes with subscribers of the channel")]
-    Partial { reached: u64, expected: u64 },
+    Partial {
+        reached: u64,
+        expected: u64,
+        position: Option<Position>,
+    },
 }
 
 impl PublishError {
@@ -98,6 +109,17 @@ pub enum CachePut {
     },
 }
 
+/// What a history channel's stream holds after a given offset.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct History {
+    /// The stream's epoch and its last offset; `None` when the channel has no stream (never
+    /// published to, expired, or Redis lost it).
+    pub top: Option<Position>,
+    /// Events after the offset asked for, oldest first, at most the limit asked for; events
+    /// older than the rule's ttl are left out. Each frame carries its position.
+    pub events: Vec<(u64, Bytes)>,
+}
+
 /// Counts for one occupied channel.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ChannelStats {
@@ -123,6 +145,11 @@ pub trait BusSink: Send + Sync {
     /// This node's members that the cluster was told had left (the node was taken for dead
     /// while it lived) and that are back.
     fn members_returned(&self, _app_id: &str, _channel: &ChannelName, _members: Vec<Member>) {}
+
+    /// The node's subscriptions were restored after an interruption (a reconnect, a slot
+    /// move): messages published meanwhile may not have reached it, so history channels catch
+    /// up from their streams.
+    fn subscriptions_restored(&self) {}
 }
 
 /// Publication and interest routing between nodes.
@@ -131,8 +158,15 @@ pub trait Broker: Send + Sync + 'static {
     /// Hands the broker the receiver of what other nodes publish. Called once, before use.
     fn attach(&self, sink: Arc<dyn BusSink>);
 
-    /// Publishes to the channel's topic for every other node with subscribers of it.
-    async fn publish(&self, msg: BusMessage) -> Result<(), PublishError>;
+    /// Publishes to the channel's topic for every other node with subscribers of it. With
+    /// `history`, the event is appended to the channel's stream in the same step, which gives it
+    /// its position: the frame of `msg` gets `position` added (for every node) and the position
+    /// is returned, for the publishing node to add to its own copy.
+    async fn publish(
+        &self,
+        msg: BusMessage,
+        history: Option<&HistoryRule>,
+    ) -> Result<Option<Position>, PublishError>;
 
     /// This node now has `local` subscribers on the channel. Must not block; a cluster broker
     /// batches these into topic (un)subscriptions and count updates.
@@ -199,6 +233,20 @@ pub trait ClusterState: Send + Sync + 'static {
         ttl: Duration,
         max_bytes: u64,
     ) -> Result<CachePut, BusError>;
+
+    /// A history channel's stream after `after` (0: from the start), at most `limit` events.
+    /// With `create`, a channel without a stream gets one (a new epoch at offset 0, kept for
+    /// the rule's ttl unless events follow), so a subscriber always learns a position to
+    /// resume from.
+    async fn history(
+        &self,
+        app_id: &str,
+        channel: &ChannelName,
+        rule: &HistoryRule,
+        after: u64,
+        limit: usize,
+        create: bool,
+    ) -> Result<History, BusError>;
 
     /// A cache channel's last event and how long it still lives.
     async fn cache_get(

@@ -227,6 +227,7 @@ mod tests {
             failure: PublishError::Partial {
                 reached: 1,
                 expected: 2,
+                position: None,
             }
             .into(),
             ..e

@@ -13,17 +13,19 @@ use std::sync::{Arc, OnceLock};
 use bytes::Bytes;
 use dashmap::DashMap;
 use herald_protocol::presence::Member;
+use herald_protocol::server::Position;
 use herald_protocol::{server, ChannelKind, ChannelName, ErrorCode, SocketId};
 use parking_lot::RwLock;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::app::{App, Apps};
+use crate::app::{App, Apps, HistoryRule};
 use crate::cluster::{
     Broker, BusMessage, BusPayload, BusSink, Cluster, ClusterState, PublishError,
 };
 use crate::connection::Connection;
 use crate::counts::CountNotices;
+use crate::history::{Admit, StreamState};
 use crate::metrics;
 use crate::outbox::Pushed;
 use crate::webhook::{WebhookEvent, WebhookSink};
@@ -34,8 +36,18 @@ use crate::webhook::{WebhookEvent, WebhookSink};
 pub const TERMINATED: &str = "Connection terminated by the app";
 
 #[derive(Debug, Default)]
-struct LocalChannel {
-    subscribers: RwLock<HashMap<SocketId, Arc<Connection>>>,
+pub(crate) struct LocalChannel {
+    pub(crate) subscribers: RwLock<HashMap<SocketId, Arc<Connection>>>,
+    /// History channels only: what the node delivered last, and what it holds back (see
+    /// `history.rs`). Locked before `subscribers` where both are taken.
+    pub(crate) stream: parking_lot::Mutex<StreamState>,
+}
+
+impl LocalChannel {
+    /// Subscribers and connections resuming: what the node counts for the channel.
+    fn local_count(&self, subscribers: usize) -> usize {
+        subscribers + self.stream.lock().resuming.len()
+    }
 }
 
 #[derive(Debug)]
@@ -144,6 +156,22 @@ impl Hub {
         }
     }
 
+    /// Bound of each connection's outbound queue, in bytes.
+    pub(crate) fn outbox_bytes(&self) -> usize {
+        self.config.outbox_bytes
+    }
+
+    /// Every channel with local subscribers, of every app.
+    pub(crate) fn local_channels(&self) -> Vec<(String, ChannelName, Arc<LocalChannel>)> {
+        let mut out = Vec::new();
+        for (app_id, state) in &self.state {
+            for e in state.channels.iter() {
+                out.push((app_id.clone(), e.key().clone(), e.value().clone()));
+            }
+        }
+        out
+    }
+
     pub fn apps(&self) -> &Apps {
         &self.apps
     }
@@ -185,9 +213,34 @@ impl Hub {
         if subs.insert(conn.socket_id, conn.clone()).is_none() {
             metrics::subscriptions(1.0);
         }
-        let n = subs.len();
+        let n = entry.local_count(subs.len());
         self.broker.set_interest(&conn.app.id, channel, n);
         n
+    }
+
+    /// The channel's local state, created if needed (a subscriber is about to arrive).
+    pub(crate) fn local_channel(
+        &self,
+        conn: &Connection,
+        channel: &ChannelName,
+    ) -> Option<Arc<LocalChannel>> {
+        let state = self.state.get(&conn.app.id)?;
+        Some(
+            state
+                .channels
+                .entry(channel.clone())
+                .or_insert_with(|| {
+                    metrics::channels(1.0);
+                    Arc::default()
+                })
+                .clone(),
+        )
+    }
+
+    /// Tells the broker how many local subscribers (resuming ones included) a channel has.
+    pub(crate) fn recount(&self, app_id: &str, channel: &ChannelName, ch: &LocalChannel) {
+        let n = ch.local_count(ch.subscribers.read().len());
+        self.broker.set_interest(app_id, channel, n);
     }
 
     /// Removes a local subscriber; returns the channel's remaining local count.
@@ -197,11 +250,13 @@ impl Hub {
         };
         let mut remaining = 0;
         let removed = state.channels.remove_if(channel, |_, ch| {
+            let mut stream = ch.stream.lock();
+            let was_resuming = stream.resuming.remove(&conn.socket_id).is_some();
             let mut subs = ch.subscribers.write();
-            if subs.remove(&conn.socket_id).is_some() {
+            if subs.remove(&conn.socket_id).is_some() || was_resuming {
                 metrics::subscriptions(-1.0);
             }
-            remaining = subs.len();
+            remaining = subs.len() + stream.resuming.len();
             self.broker.set_interest(&conn.app.id, channel, remaining);
             remaining == 0
         });
@@ -217,7 +272,7 @@ impl Hub {
             .is_some_and(|ch| ch.subscribers.read().contains_key(&conn.socket_id))
     }
 
-    fn channel(&self, app_id: &str, channel: &ChannelName) -> Option<Arc<LocalChannel>> {
+    pub(crate) fn channel(&self, app_id: &str, channel: &ChannelName) -> Option<Arc<LocalChannel>> {
         self.state
             .get(app_id)?
             .channels
@@ -233,6 +288,9 @@ impl Hub {
     }
 
     /// Pushes an encoded frame to every local subscriber but `exclude`; returns how many got it.
+    /// A history channel's event (`position`) goes through the channel's stream state first:
+    /// held for connections that are resuming, held back while the node catches up a gap,
+    /// dropped if already delivered.
     pub fn deliver_local(
         &self,
         app_id: &str,
@@ -240,21 +298,28 @@ impl Hub {
         frame: &Bytes,
         exclude: Option<SocketId>,
         published_at_us: u64,
+        position: Option<&Position>,
     ) -> usize {
         let Some(ch) = self.channel(app_id, channel) else {
             return 0;
         };
-        let subs = ch.subscribers.read();
-        let mut delivered = 0;
-        for (socket_id, conn) in subs.iter() {
-            if Some(*socket_id) == exclude {
-                continue;
-            }
-            if conn.send_timed(frame.clone(), published_at_us) == Pushed::Queued {
-                delivered += 1;
+        let Some(position) = position else {
+            return push_to(&ch.subscribers.read(), frame, exclude, published_at_us);
+        };
+        let mut stream = ch.stream.lock();
+        match stream.admit(position, frame, exclude, published_at_us) {
+            Admit::Deliver => push_to(&ch.subscribers.read(), frame, exclude, published_at_us),
+            Admit::Held => 0,
+            Admit::Gap(after) => {
+                drop(stream);
+                if let Some(hub) = self.me() {
+                    let (app_id, channel) = (app_id.to_owned(), channel.clone());
+                    hub.clone()
+                        .spawn(async move { hub.catch_up(&app_id, &channel, after).await });
+                }
+                0
             }
         }
-        delivered
     }
 
     /// Publishes a frame to a channel cluster-wide: hands it to the broker for the other nodes,
@@ -269,25 +334,58 @@ impl Hub {
         exclude: Option<SocketId>,
         published_at_us: u64,
     ) -> Result<usize, PublishError> {
+        self.publish_kept(app_id, channel, frame, exclude, published_at_us, None)
+            .await
+    }
+
+    /// [`Hub::publish`], keeping the event in the channel's history when `history` is given:
+    /// the broker gives it its position, which this node adds to its own copy.
+    pub(crate) async fn publish_kept(
+        &self,
+        app_id: &str,
+        channel: &ChannelName,
+        frame: Bytes,
+        exclude: Option<SocketId>,
+        published_at_us: u64,
+        history: Option<&HistoryRule>,
+    ) -> Result<usize, PublishError> {
         let sent = self
             .broker
-            .publish(BusMessage {
-                origin: self.origin.clone(),
-                app_id: Arc::from(app_id),
-                channel: channel.clone(),
-                exclude,
-                published_at_us,
-                payload: BusPayload::Frame(frame.clone()),
-            })
+            .publish(
+                BusMessage {
+                    origin: self.origin.clone(),
+                    app_id: Arc::from(app_id),
+                    channel: channel.clone(),
+                    exclude,
+                    published_at_us,
+                    position: None,
+                    payload: BusPayload::Frame(frame.clone()),
+                },
+                history,
+            )
             .await;
-        if let Err(e) = &sent {
-            if !e.may_have_been_delivered() {
-                return Err(e.clone());
-            }
-        }
-        let n = self.deliver_local(app_id, channel, &frame, exclude, published_at_us);
+        let position = match &sent {
+            Ok(position) => position.clone(),
+            Err(PublishError::Partial { position, .. }) => position.clone(),
+            // Nothing published; or, for a history channel, not known whether it was kept: if
+            // it was, the next event shows the gap and the node catches up from the stream.
+            Err(e) if !e.may_have_been_delivered() || history.is_some() => return Err(e.clone()),
+            Err(_) => None,
+        };
+        let frame = match &position {
+            Some(p) => Bytes::from(server::with_position(&frame, &p.epoch, p.offset)),
+            None => frame,
+        };
+        let n = self.deliver_local(
+            app_id,
+            channel,
+            &frame,
+            exclude,
+            published_at_us,
+            position.as_ref(),
+        );
         metrics::sent_events(n as u64);
-        sent.map(|()| n)
+        sent.map(|_| n)
     }
 
     /// Closes every local connection subscribed to `channel` with `code` (terminate).
@@ -315,15 +413,20 @@ impl Hub {
         channel: &ChannelName,
     ) -> Result<(), PublishError> {
         self.broker
-            .publish(BusMessage {
-                origin: self.origin.clone(),
-                app_id: Arc::from(app_id),
-                channel: channel.clone(),
-                exclude: None,
-                published_at_us: now_us(),
-                payload: BusPayload::TerminateUser,
-            })
+            .publish(
+                BusMessage {
+                    origin: self.origin.clone(),
+                    app_id: Arc::from(app_id),
+                    channel: channel.clone(),
+                    exclude: None,
+                    published_at_us: now_us(),
+                    position: None,
+                    payload: BusPayload::TerminateUser,
+                },
+                None,
+            )
             .await
+            .map(|_| ())
     }
 
     /// Announces a member's departure on its channel, cluster-wide: `member_removed` to the
@@ -402,7 +505,7 @@ impl Hub {
 
     /// Runs `work` on the hub's task tracker (announcements the cluster asks for from a
     /// callback that must not block).
-    fn spawn<F>(self: &Arc<Self>, work: F)
+    pub(crate) fn spawn<F>(self: &Arc<Self>, work: F)
     where
         F: std::future::Future<Output = ()> + Send + 'static,
     {
@@ -425,6 +528,7 @@ impl BusSink for Hub {
                     frame,
                     msg.exclude,
                     msg.published_at_us,
+                    msg.position.as_ref(),
                 );
                 metrics::sent_events(n as u64);
             }
@@ -474,6 +578,12 @@ impl BusSink for Hub {
             }
         });
     }
+
+    fn subscriptions_restored(&self) {
+        if let Some(hub) = self.me() {
+            hub.clone().spawn(async move { hub.catch_up_all().await });
+        }
+    }
 }
 
 impl Hub {
@@ -481,4 +591,23 @@ impl Hub {
     fn me(&self) -> Option<Arc<Hub>> {
         self.me.upgrade()
     }
+}
+
+/// Pushes a frame to every subscriber but `exclude`; how many queued it.
+pub(crate) fn push_to(
+    subs: &HashMap<SocketId, Arc<Connection>>,
+    frame: &Bytes,
+    exclude: Option<SocketId>,
+    published_at_us: u64,
+) -> usize {
+    let mut delivered = 0;
+    for (socket_id, conn) in subs {
+        if Some(*socket_id) == exclude {
+            continue;
+        }
+        if conn.send_timed(frame.clone(), published_at_us) == Pushed::Queued {
+            delivered += 1;
+        }
+    }
+    delivered
 }

@@ -18,6 +18,7 @@ pub mod cluster;
 pub mod connection;
 mod counts;
 pub mod errors;
+mod history;
 pub mod hub;
 pub mod local_bus;
 pub mod metrics;
@@ -27,10 +28,10 @@ pub mod rate;
 pub mod session;
 pub mod webhook;
 
-pub use app::{App, Apps};
+pub use app::{App, Apps, HistoryRule};
 pub use cluster::{
     Broker, BusError, BusMessage, BusPayload, BusSink, CachePut, ChannelStats, Cluster,
-    ClusterState, PresenceJoin, PublishError,
+    ClusterState, History, PresenceJoin, PublishError,
 };
 pub use connection::Connection;
 pub use errors::{Refusal, SubscribeError, TriggerError, TriggerFailure};

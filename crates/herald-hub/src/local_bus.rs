@@ -1,6 +1,6 @@
 //! The in-process bus of a single node: no other nodes, cluster state in memory.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -12,10 +12,23 @@ use herald_protocol::presence::Member;
 use herald_protocol::{ChannelKind, ChannelName, SocketId};
 use tokio::time::Instant;
 
+use herald_protocol::server::{self, Position};
+use rand::distr::{Alphanumeric, SampleString};
+
+use crate::app::HistoryRule;
 use crate::cluster::{
-    Broker, BusError, BusMessage, BusSink, CachePut, ChannelStats, ClusterState, PresenceJoin,
-    PublishError,
+    Broker, BusError, BusMessage, BusPayload, BusSink, CachePut, ChannelStats, ClusterState,
+    History, PresenceJoin, PublishError,
 };
+
+/// How long a quiet channel's stream position (epoch and last offset) is kept after its
+/// events expired, so its clients can still resume: a day.
+pub const HISTORY_META_TTL: Duration = Duration::from_secs(24 * 3600);
+
+/// A new stream's epoch: 16 letters and digits.
+pub fn new_epoch() -> String {
+    Alphanumeric.sample_string(&mut rand::rng(), 16)
+}
 
 type Key = (Arc<str>, ChannelName);
 
@@ -49,9 +62,20 @@ impl AppCache {
     }
 }
 
+/// One history channel's stream on a single node: a bounded ring of events.
+#[derive(Debug)]
+struct Stream {
+    epoch: String,
+    offset: u64,
+    /// (offset, kept until, frame with its position)
+    events: VecDeque<(u64, Instant, Bytes)>,
+    last_publish: Instant,
+}
+
 /// The in-process bus of a single node: no other nodes, state in memory.
 #[derive(Default)]
 pub struct LocalBus {
+    streams: DashMap<Key, Stream>,
     interest: DashMap<Key, usize>,
     presence: DashMap<Key, PresenceChannel>,
     connections: DashMap<Arc<str>, AtomicU64>,
@@ -83,8 +107,46 @@ impl Broker for LocalBus {
         let _ = self.sink.set(sink);
     }
 
-    async fn publish(&self, _msg: BusMessage) -> Result<(), PublishError> {
-        Ok(())
+    async fn publish(
+        &self,
+        msg: BusMessage,
+        history: Option<&HistoryRule>,
+    ) -> Result<Option<Position>, PublishError> {
+        let (Some(rule), BusPayload::Frame(frame)) = (history, &msg.payload) else {
+            return Ok(None);
+        };
+        let now = Instant::now();
+        // Streams quiet for longer than their position is kept go, now and then.
+        if self.streams.len() > 1024 && self.streams.len().is_power_of_two() {
+            self.streams
+                .retain(|_, s| now.duration_since(s.last_publish) < HISTORY_META_TTL);
+        }
+        let mut stream = self
+            .streams
+            .entry(Self::key(&msg.app_id, &msg.channel))
+            .or_insert_with(|| Stream {
+                epoch: new_epoch(),
+                offset: 0,
+                events: VecDeque::new(),
+                last_publish: now,
+            });
+        stream.offset += 1;
+        stream.last_publish = now;
+        let offset = stream.offset;
+        let framed = Bytes::from(server::with_position(frame, &stream.epoch, offset));
+        stream.events.push_back((offset, now + rule.ttl(), framed));
+        while stream.events.len() > rule.size
+            || stream
+                .events
+                .front()
+                .is_some_and(|(_, until, _)| *until <= now)
+        {
+            stream.events.pop_front();
+        }
+        Ok(Some(Position {
+            epoch: stream.epoch.clone(),
+            offset,
+        }))
     }
 
     fn set_interest(&self, app_id: &str, channel: &ChannelName, local: usize) {
@@ -232,6 +294,56 @@ impl ClusterState for LocalBus {
         cache.entries.insert(channel.clone(), (frame, now + ttl));
         crate::metrics::cache_bytes(app_id, total);
         Ok(CachePut::Stored)
+    }
+
+    async fn history(
+        &self,
+        app_id: &str,
+        channel: &ChannelName,
+        rule: &HistoryRule,
+        after: u64,
+        limit: usize,
+        create: bool,
+    ) -> Result<History, BusError> {
+        let now = Instant::now();
+        let key = Self::key(app_id, channel);
+        // A stream without events lives for the rule's ttl; one with events a day after its
+        // last publish.
+        let expired = |s: &Stream| {
+            let keep = if s.offset == 0 {
+                rule.ttl()
+            } else {
+                HISTORY_META_TTL
+            };
+            now.duration_since(s.last_publish) >= keep
+        };
+        if self.streams.get(&key).is_some_and(|s| expired(&s)) {
+            self.streams.remove(&key);
+        }
+        if create {
+            self.streams.entry(key.clone()).or_insert_with(|| Stream {
+                epoch: new_epoch(),
+                offset: 0,
+                events: VecDeque::new(),
+                last_publish: now,
+            });
+        }
+        let Some(stream) = self.streams.get(&key) else {
+            return Ok(History::default());
+        };
+        Ok(History {
+            top: Some(Position {
+                epoch: stream.epoch.clone(),
+                offset: stream.offset,
+            }),
+            events: stream
+                .events
+                .iter()
+                .filter(|(offset, until, _)| *offset > after && *until > now)
+                .take(limit)
+                .map(|(offset, _, frame)| (*offset, frame.clone()))
+                .collect(),
+        })
     }
 
     async fn cache_get(

@@ -87,3 +87,18 @@ pub fn delivery_latency_sampled(now_us: u64, published_at_us: u64) {
     }
     histogram!(PUBLISH_DELIVERY).record(now_us.saturating_sub(published_at_us) as f64 / 1e6);
 }
+
+/// A resume on subscribe: `recovered`, or the reason it was not.
+pub fn recovery(outcome: &'static str) {
+    counter!("herald_recoveries_total", "outcome" => outcome).increment(1);
+}
+
+/// Events sent to resuming clients.
+pub fn replayed(n: usize) {
+    counter!("herald_recovery_replayed_events_total").increment(n as u64);
+}
+
+/// Events a node read from a stream to fill a gap in what it received.
+pub fn caught_up(n: usize) {
+    counter!("herald_history_caught_up_events_total").increment(n as u64);
+}

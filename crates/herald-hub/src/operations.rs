@@ -11,7 +11,7 @@ use herald_protocol::presence::Member;
 use herald_protocol::{channel, server, ChannelKind, ChannelName, ErrorCode};
 
 use crate::app::App;
-use crate::cluster::{BusError, CachePut, ChannelStats, PublishError};
+use crate::cluster::{BusError, CachePut, ChannelStats, History, PublishError};
 use crate::errors::{Refusal, TriggerError, TriggerFailure};
 use crate::hub::{Hub, TERMINATED};
 
@@ -119,7 +119,14 @@ impl Hub {
                 }
             }
             if let Err(e) = self
-                .publish(&app.id, channel, frame, publish.socket_id, arrived_us)
+                .publish_kept(
+                    &app.id,
+                    channel,
+                    frame,
+                    publish.socket_id,
+                    arrived_us,
+                    app.history_for(channel),
+                )
                 .await
             {
                 return Err(fail(i, e.into()));
@@ -163,6 +170,25 @@ impl Hub {
         let mut channels = self.cluster.channels(&app.id, prefix).await?;
         channels.retain(|c| !channel::is_internal(&c.name) && c.subscription_count > 0);
         Ok(channels)
+    }
+
+    /// A history channel's stream after `after`, at most `limit` events (100 by default, at
+    /// most the rule's size); `None` when no history rule matches the channel.
+    pub async fn channel_history(
+        &self,
+        app: &App,
+        channel: &ChannelName,
+        after: u64,
+        limit: Option<usize>,
+    ) -> Result<Option<History>, BusError> {
+        let Some(rule) = app.history_for(channel) else {
+            return Ok(None);
+        };
+        let limit = limit.unwrap_or(100).min(rule.size);
+        self.cluster
+            .history(&app.id, channel, rule, after, limit, false)
+            .await
+            .map(Some)
     }
 
     /// A presence channel's members.

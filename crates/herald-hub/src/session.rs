@@ -6,6 +6,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use bytes::Bytes;
+use herald_protocol::client::Resume;
 use herald_protocol::presence::{parse_channel_data, parse_user_data, Member, UserData};
 use herald_protocol::signature::{channel_auth_input, user_auth_input, verify_auth};
 use herald_protocol::{server, ChannelKind, ChannelName, ClientMessage, ErrorCode, ProtocolError};
@@ -106,10 +107,16 @@ impl Session {
                 channel,
                 auth,
                 channel_data,
+                position,
             } => {
                 metrics::received("subscribe");
                 if let Err(e) = self
-                    .subscribe(&channel, auth.as_deref(), channel_data.as_deref())
+                    .subscribe(
+                        &channel,
+                        auth.as_deref(),
+                        channel_data.as_deref(),
+                        position.as_ref(),
+                    )
                     .await
                 {
                     self.subscription_failed(&channel, &e);
@@ -164,6 +171,7 @@ impl Session {
         channel: &ChannelName,
         auth: Option<&str>,
         channel_data: Option<&str>,
+        resume: Option<&Resume>,
     ) -> Result<(), SubscribeError> {
         let app = self.conn.app.clone();
         if self.subscriptions.contains_key(channel) {
@@ -250,7 +258,15 @@ impl Session {
                 }
             }
         };
-        self.hub.add_subscriber(&self.conn, channel);
+        // A history channel's subscriber is held aside until its position (and any replay)
+        // has been sent; client events and internal channels never keep history.
+        let history = app.history_for(channel).cloned();
+        match &history {
+            Some(_) => self.hub.begin_resume(&self.conn, channel),
+            None => {
+                self.hub.add_subscriber(&self.conn, channel);
+            }
+        }
         self.subscriptions.insert(
             channel.clone(),
             Subscription {
@@ -272,14 +288,44 @@ impl Session {
             }
             return Err(SubscribeError::Bus(e));
         }
-        match &joined {
-            None => self
-                .conn
-                .send(server::subscription_succeeded(channel.as_str())),
-            Some((_, _, members)) => self.conn.send(server::presence_subscription_succeeded(
-                channel.as_str(),
-                members,
-            )),
+        let succeeded = match &joined {
+            None => server::subscription_succeeded(channel.as_str()),
+            Some((_, _, members)) => {
+                server::presence_subscription_succeeded(channel.as_str(), members)
+            }
+        };
+        match &history {
+            None => {
+                self.conn.send(succeeded);
+            }
+            Some(rule) => {
+                let resumed = match self.hub.resume_read(&app, channel, rule, resume).await {
+                    Ok(r) => r,
+                    Err(e) => {
+                        if let Some(sub) = self.subscriptions.remove(channel) {
+                            self.leave_quietly(channel, sub).await;
+                        }
+                        return Err(SubscribeError::Bus(e));
+                    }
+                };
+                let have = resumed.top.clone();
+                self.conn.send(match &resumed.top {
+                    Some(top) => server::with_position(&succeeded, &top.epoch, top.offset),
+                    None => succeeded,
+                });
+                if let Some((recovered, reason)) = resumed.verdict {
+                    self.conn.send(server::recovery(
+                        channel.as_str(),
+                        recovered,
+                        resumed.replay.len(),
+                        reason,
+                    ));
+                }
+                for frame in resumed.replay {
+                    self.conn.send(frame);
+                }
+                self.hub.finish_resume(&self.conn, channel, have.as_ref());
+            }
         };
         if channel.is_cache() {
             self.send_cached(channel).await;

@@ -89,6 +89,7 @@ enum Endpoint {
     Channels,
     Channel,
     Users,
+    History,
     Terminate,
 }
 
@@ -100,6 +101,7 @@ impl Endpoint {
             Endpoint::Channels => "channels",
             Endpoint::Channel => "channel",
             Endpoint::Users => "users",
+            Endpoint::History => "history",
             Endpoint::Terminate => "terminate_connections",
         }
     }
@@ -146,6 +148,7 @@ fn route<'a>(method: &Method, path: &'a str) -> Result<Route<'a>, ApiError> {
         [_, "channels"] => (Endpoint::Channels, None, Method::GET),
         [_, "channels", name] => (Endpoint::Channel, Some(decode(name)), Method::GET),
         [_, "channels", name, "users"] => (Endpoint::Users, Some(decode(name)), Method::GET),
+        [_, "channels", name, "history"] => (Endpoint::History, Some(decode(name)), Method::GET),
         [_, "users", user, "terminate_connections"] => {
             (Endpoint::Terminate, Some(decode(user)), Method::POST)
         }
@@ -385,6 +388,44 @@ async fn handle_route(
             let members = node.hub.presence_users(&app, &channel).await?;
             let users: Vec<Value> = members.iter().map(|m| json!({ "id": m.user_id })).collect();
             Ok(json!({ "users": users }))
+        }
+        Endpoint::History => {
+            let channel = ChannelName::parse(route.name.as_deref().unwrap_or(""))?;
+            let number = |name: &str| -> Result<Option<u64>, ApiError> {
+                param(&query, name)
+                    .map(|v| {
+                        v.parse::<u64>().map_err(|_| {
+                            ApiError::new(400, format!("{name} must be a non-negative integer"))
+                        })
+                    })
+                    .transpose()
+            };
+            let limit = number("limit")?.map(|l| l as usize);
+            let after = number("after")?.unwrap_or(0);
+            let Some(history) = node
+                .hub
+                .channel_history(&app, &channel, after, limit)
+                .await?
+            else {
+                return Err(ApiError::new(
+                    404,
+                    format!(
+                        "Channel {channel} keeps no history (no [[apps.history]] rule matches it)"
+                    ),
+                ));
+            };
+            let events: Vec<Value> = history
+                .events
+                .iter()
+                .map(|(offset, frame)| {
+                    let event: Value = serde_json::from_slice(frame).unwrap_or(Value::Null);
+                    json!({ "offset": offset, "event": event["event"], "data": event["data"] })
+                })
+                .collect();
+            let (epoch, offset) = history.top.map_or((Value::Null, json!(0)), |t| {
+                (json!(t.epoch), json!(t.offset))
+            });
+            Ok(json!({ "epoch": epoch, "offset": offset, "events": events }))
         }
         Endpoint::Terminate => {
             let user_id = route.name.unwrap_or_default();

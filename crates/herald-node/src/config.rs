@@ -312,6 +312,16 @@ impl Config {
                 return Err(format!("apps[{i}]: id, key and secret must not be empty"));
             }
             check_id(&format!("apps[{i}].id"), &app.id)?;
+            for (j, rule) in app.history.iter().enumerate() {
+                rule.check()
+                    .map_err(|e| format!("apps[{i}].history[{j}]: {e}"))?;
+                if herald_protocol::channel::is_internal(&rule.prefix) {
+                    return Err(format!(
+                        "apps[{i}].history[{j}].prefix: {:?} names internal channels",
+                        rule.prefix
+                    ));
+                }
+            }
             if !ids.insert(&app.id) {
                 return Err(format!("apps[{i}].id: {:?} is used by two apps", app.id));
             }

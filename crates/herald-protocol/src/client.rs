@@ -8,7 +8,42 @@ use serde::Deserialize;
 use simd_json::prelude::*;
 use simd_json::OwnedValue;
 
+use crate::server::Position;
 use crate::{ChannelName, ProtocolError, MAX_EVENT_NAME_LEN};
+
+/// A resume request on a subscribe: the position the client last saw, or why the one it sent
+/// cannot be used (the subscribe still goes ahead, without recovery).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Resume {
+    At(Position),
+    Invalid(String),
+}
+
+/// Longest epoch accepted in a resume request (Herald's are 16 characters).
+pub const MAX_EPOCH_LEN: usize = 64;
+
+impl Resume {
+    fn parse(value: &OwnedValue) -> Resume {
+        let epoch = value.get("epoch").and_then(|e| e.as_str());
+        let offset = value.get("offset").and_then(|o| o.as_u64());
+        match (epoch, offset) {
+            (Some(e), Some(offset))
+                if !e.is_empty()
+                    && e.len() <= MAX_EPOCH_LEN
+                    && e.bytes().all(|b| b.is_ascii_alphanumeric()) =>
+            {
+                Resume::At(Position {
+                    epoch: e.to_owned(),
+                    offset,
+                })
+            }
+            _ => Resume::Invalid(
+                "position must be {\"epoch\": letters and digits, \"offset\": a non-negative integer}"
+                    .into(),
+            ),
+        }
+    }
+}
 
 /// A decoded client frame.
 #[derive(Debug, Clone, PartialEq)]
@@ -19,6 +54,8 @@ pub enum ClientMessage {
         channel: ChannelName,
         auth: Option<String>,
         channel_data: Option<String>,
+        /// Where a returning client left off (sent by the recovery plugin).
+        position: Option<Resume>,
     },
     Unsubscribe {
         channel: ChannelName,
@@ -76,6 +113,10 @@ impl ClientMessage {
                     channel: ChannelName::parse(&required_str(&data, "channel", &event)?)?,
                     auth: optional_str(&data, "auth", &event)?.filter(|a| !a.is_empty()),
                     channel_data: optional_str(&data, "channel_data", &event)?,
+                    position: data
+                        .get("position")
+                        .filter(|p| !p.is_null())
+                        .map(Resume::parse),
                 })
             }
             "pusher:unsubscribe" => {
@@ -190,7 +231,8 @@ mod tests {
             Ok(ClientMessage::Subscribe {
                 channel: ChannelName::parse("my-channel").expect("ok"),
                 auth: None,
-                channel_data: None
+                channel_data: None,
+                position: None
             })
         );
         let presence = r#"{"event":"pusher:subscribe","data":{"auth":"k:abc","channel_data":"{\"user_id\":\"1\"}","channel":"presence-x"}}"#;
@@ -199,7 +241,8 @@ mod tests {
             Ok(ClientMessage::Subscribe {
                 channel: ChannelName::parse("presence-x").expect("ok"),
                 auth: Some("k:abc".into()),
-                channel_data: Some(r#"{"user_id":"1"}"#.into())
+                channel_data: Some(r#"{"user_id":"1"}"#.into()),
+                position: None
             })
         );
         assert_eq!(
@@ -220,13 +263,46 @@ mod tests {
     }
 
     #[test]
+    fn subscribe_may_carry_a_resume_position() {
+        let ok = decode(
+            r#"{"event":"pusher:subscribe","data":{"channel":"orders.1","position":{"epoch":"Ab12","offset":7}}}"#,
+        );
+        assert!(matches!(
+            ok,
+            Ok(ClientMessage::Subscribe { position: Some(Resume::At(Position { ref epoch, offset: 7 })), .. }) if epoch == "Ab12"
+        ));
+        for bad in [
+            r#"{"epoch":"Ab12","offset":-1}"#,
+            r#"{"epoch":"Ab12"}"#,
+            r#"{"epoch":"a-b","offset":1}"#,
+            r#"{"epoch":"","offset":1}"#,
+            r#""Ab12:7""#,
+        ] {
+            let frame = format!(
+                r#"{{"event":"pusher:subscribe","data":{{"channel":"orders.1","position":{bad}}}}}"#
+            );
+            assert!(
+                matches!(
+                    decode(&frame),
+                    Ok(ClientMessage::Subscribe {
+                        position: Some(Resume::Invalid(_)),
+                        ..
+                    })
+                ),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
     fn accepts_data_as_a_json_string() {
         assert_eq!(
             decode(r#"{"event":"pusher:subscribe","data":"{\"channel\":\"a\"}"}"#),
             Ok(ClientMessage::Subscribe {
                 channel: ChannelName::parse("a").expect("ok"),
                 auth: None,
-                channel_data: None
+                channel_data: None,
+                position: None
             })
         );
     }

@@ -153,6 +153,52 @@ pub fn cache_miss(channel: &str) -> Vec<u8> {
     encode("pusher:cache_miss", Some(channel), "{}", None)
 }
 
+/// A channel's stream position (history channels): the epoch names the stream, the offset
+/// counts its events.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Position {
+    pub epoch: String,
+    pub offset: u64,
+}
+
+/// `frame` (a JSON object) with a top-level `position` added:
+/// `{…,"position":{"epoch":"E","offset":N}}`. pusher-js keeps only `event`, `channel`,
+/// `data` and `user_id` of a frame, so stock clients see exactly what they saw without it;
+/// the recovery plugin reads it from the raw frame. The epoch is Herald's own (letters and
+/// digits), so it needs no escaping; the Redis publish script builds the same bytes.
+pub fn with_position(frame: &[u8], epoch: &str, offset: u64) -> Vec<u8> {
+    let body = frame.strip_suffix(b"}").unwrap_or(frame);
+    let mut out = Vec::with_capacity(body.len() + epoch.len() + 48);
+    out.extend_from_slice(body);
+    out.extend_from_slice(br#","position":{"epoch":""#);
+    out.extend_from_slice(epoch.as_bytes());
+    out.extend_from_slice(br#"","offset":"#);
+    out.extend_from_slice(offset.to_string().as_bytes());
+    out.extend_from_slice(b"}}");
+    out
+}
+
+#[derive(Serialize)]
+struct RecoveryData<'a> {
+    recovered: bool,
+    replayed: usize,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reason: Option<&'a str>,
+}
+
+/// `herald:recovery` on a channel, sent only to a client that asked to resume it: whether
+/// every missed event follows (`recovered`, `replayed` of them) or the client must refetch
+/// its state (`reason`).
+pub fn recovery(channel: &str, recovered: bool, replayed: usize, reason: Option<&str>) -> Vec<u8> {
+    let data = serde_json::to_string(&RecoveryData {
+        recovered,
+        replayed,
+        reason,
+    })
+    .unwrap_or_default();
+    encode("herald:recovery", Some(channel), data, None)
+}
+
 #[derive(Serialize)]
 struct SigninData<'a> {
     user_data: &'a str,
@@ -274,6 +320,25 @@ mod tests {
         let added: serde_json::Value =
             serde_json::from_str(added["data"].as_str().expect("string")).expect("json");
         assert_eq!(added["user_info"]["name"], "A");
+    }
+
+    #[test]
+    fn positions_are_a_top_level_field_pusher_js_does_not_keep() {
+        let framed = s(with_position(
+            &channel_event("e", "orders.1", "{}", None),
+            "Ab12",
+            42,
+        ));
+        assert_eq!(
+            framed,
+            r#"{"event":"e","channel":"orders.1","data":"{}","position":{"epoch":"Ab12","offset":42}}"#
+        );
+        let v: serde_json::Value = serde_json::from_str(&framed).expect("json");
+        assert_eq!(v["position"]["offset"], 42);
+        assert_eq!(
+            s(recovery("orders.1", false, 0, Some("epoch_changed"))),
+            r#"{"event":"herald:recovery","channel":"orders.1","data":"{\"recovered\":false,\"replayed\":0,\"reason\":\"epoch_changed\"}"}"#
+        );
     }
 
     #[test]

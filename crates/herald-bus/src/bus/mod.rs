@@ -32,10 +32,11 @@ use bytes::Bytes;
 use fred::clients::SubscriberClient;
 use fred::prelude::*;
 use herald_hub::{
-    Broker, BusError, BusMessage, BusSink, CachePut, ChannelStats, ClusterState, PresenceJoin,
-    PublishError,
+    Broker, BusError, BusMessage, BusSink, CachePut, ChannelStats, ClusterState, History,
+    HistoryRule, PresenceJoin, PublishError,
 };
 use herald_protocol::presence::Member;
+use herald_protocol::server::Position;
 use herald_protocol::{ChannelName, SocketId};
 use parking_lot::Mutex;
 use tokio::time::Instant;
@@ -220,8 +221,12 @@ impl Broker for RedisBus {
         }
     }
 
-    async fn publish(&self, msg: BusMessage) -> Result<(), PublishError> {
-        publish::publish(&self.shared, msg).await
+    async fn publish(
+        &self,
+        msg: BusMessage,
+        history: Option<&HistoryRule>,
+    ) -> Result<Option<Position>, PublishError> {
+        publish::publish(&self.shared, msg, history).await
     }
 
     fn set_interest(&self, app_id: &str, channel: &ChannelName, local: usize) {
@@ -334,6 +339,18 @@ impl ClusterState for RedisBus {
         channel: &ChannelName,
     ) -> Result<Option<(Bytes, Duration)>, BusError> {
         queries::cache_get(&self.shared, app_id, channel).await
+    }
+
+    async fn history(
+        &self,
+        app_id: &str,
+        channel: &ChannelName,
+        rule: &HistoryRule,
+        after: u64,
+        limit: usize,
+        create: bool,
+    ) -> Result<History, BusError> {
+        queries::history(&self.shared, app_id, channel, rule, after, limit, create).await
     }
 
     async fn channels(&self, app_id: &str, prefix: &str) -> Result<Vec<ChannelStats>, BusError> {

@@ -14,13 +14,19 @@
 use std::sync::atomic::Ordering;
 
 use fred::prelude::*;
-use herald_hub::{BusMessage, PublishError};
+use herald_hub::local_bus::HISTORY_META_TTL;
+use herald_hub::{BusMessage, BusPayload, HistoryRule, PublishError};
+use herald_protocol::server::Position;
 
 use crate::bus::state::{now_ms, Shared};
 use crate::bus::topology::owner_of;
 use crate::{scripts, wire};
 
-pub(crate) async fn publish(shared: &Shared, msg: BusMessage) -> Result<(), PublishError> {
+pub(crate) async fn publish(
+    shared: &Shared,
+    msg: BusMessage,
+    history: Option<&HistoryRule>,
+) -> Result<Option<Position>, PublishError> {
     if let Err(why) = shared.readiness() {
         return Err(PublishError::NotPublished(why));
     }
@@ -36,29 +42,22 @@ pub(crate) async fn publish(shared: &Shared, msg: BusMessage) -> Result<(), Publ
     let slot = shared
         .sharded()
         .then(|| fred::util::redis_keyslot(topic.as_bytes()));
-    let listening = shared.topics.is_subscribed(&topic);
-    let deadline = shared.redis_now_ms() + shared.cfg.publish_window.as_millis() as u64;
-    let reply: Result<(i64, i64), _> = scripts::PUBLISH
-        .evalsha_with_reload(
-            &shared.client,
-            vec![shared.keys.subs(&msg.app_id, msg.channel.as_str())],
-            vec![
-                fred::types::Value::from(topic),
-                fred::types::Value::Bytes(wire::encode(&msg)),
-                (deadline as i64).into(),
-                shared.cfg.node_id.as_str().into(),
-                i64::from(listening).into(),
-                i64::from(shared.sharded()).into(),
-            ],
-        )
-        .await;
-    let (receivers, expected) = match reply {
+    let started = std::time::Instant::now();
+    let reply = match history {
+        None => run_publish(shared, &msg, topic).await,
+        Some(rule) => run_publish_history(shared, &msg, topic, rule).await,
+    };
+    let (receivers, expected, position) = match reply {
         Ok(r) => r,
         Err(e) => {
             shared.gate.trouble();
             return Err(PublishError::Unconfirmed(e.to_string()));
         }
     };
+    if history.is_some() {
+        metrics::histogram!("herald_history_append_seconds")
+            .record(started.elapsed().as_secs_f64());
+    }
     if receivers < 0 {
         return Err(PublishError::NotPublished(format!(
             "Redis ran the publish more than {} ms after it was sent and dropped it",
@@ -82,10 +81,83 @@ pub(crate) async fn publish(shared: &Shared, msg: BusMessage) -> Result<(), Publ
         return Err(PublishError::Partial {
             reached: receivers as u64,
             expected: expected as u64,
+            position,
         });
     }
     metrics::counter!("herald_bus_messages_published_total").increment(1);
-    Ok(())
+    Ok(position)
+}
+
+/// The deadline past which Redis drops the publish (on Redis's clock).
+fn deadline(shared: &Shared) -> i64 {
+    (shared.redis_now_ms() + shared.cfg.publish_window.as_millis() as u64) as i64
+}
+
+async fn run_publish(
+    shared: &Shared,
+    msg: &BusMessage,
+    topic: String,
+) -> Result<(i64, i64, Option<Position>), Error> {
+    let listening = shared.topics.is_subscribed(&topic);
+    let (n, expected): (i64, i64) = scripts::PUBLISH
+        .evalsha_with_reload(
+            &shared.client,
+            vec![shared.keys.subs(&msg.app_id, msg.channel.as_str())],
+            vec![
+                Value::from(topic),
+                Value::Bytes(wire::encode(msg)),
+                deadline(shared).into(),
+                shared.cfg.node_id.as_str().into(),
+                i64::from(listening).into(),
+                i64::from(shared.sharded()).into(),
+            ],
+        )
+        .await?;
+    Ok((n, expected, None))
+}
+
+async fn run_publish_history(
+    shared: &Shared,
+    msg: &BusMessage,
+    topic: String,
+    rule: &HistoryRule,
+) -> Result<(i64, i64, Option<Position>), Error> {
+    let BusPayload::Frame(frame) = &msg.payload else {
+        return run_publish(shared, msg, topic).await;
+    };
+    let listening = shared.topics.is_subscribed(&topic);
+    let [stream, meta] = shared.keys.history(&msg.app_id, msg.channel.as_str());
+    let reply: Vec<Value> = scripts::PUBLISH_HISTORY
+        .evalsha_with_reload(
+            &shared.client,
+            vec![
+                shared.keys.subs(&msg.app_id, msg.channel.as_str()),
+                stream,
+                meta,
+            ],
+            vec![
+                Value::from(topic),
+                Value::Bytes(wire::encode_head(msg)),
+                Value::Bytes(frame.clone()),
+                deadline(shared).into(),
+                shared.cfg.node_id.as_str().into(),
+                i64::from(listening).into(),
+                i64::from(shared.sharded()).into(),
+                (rule.size as i64).into(),
+                (rule.ttl().as_millis() as i64).into(),
+                herald_hub::local_bus::new_epoch().into(),
+                (HISTORY_META_TTL.as_millis() as i64).into(),
+            ],
+        )
+        .await?;
+    let int = |i: usize| reply.get(i).and_then(Value::as_i64).unwrap_or(-1);
+    let (n, expected, offset) = (int(0), int(1), int(2));
+    let epoch = reply.get(3).and_then(Value::as_string).unwrap_or_default();
+    let position = (n >= 0 && offset > 0 && !epoch.is_empty()).then_some(Position {
+        epoch,
+        offset: offset as u64,
+    });
+    Ok((n, expected, position))
 }
 
 /// Whether the master now serving `slot` (in the command client's map, updated on `MOVED`) is

@@ -4,7 +4,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use fred::prelude::*;
-use herald_hub::{BusError, CachePut, ChannelStats};
+use herald_hub::{BusError, CachePut, ChannelStats, History, HistoryRule};
+use herald_protocol::server::Position;
 use herald_protocol::{ChannelKind, ChannelName};
 
 use crate::bus::state::{unavailable, Shared};
@@ -144,4 +145,52 @@ pub(crate) async fn cache_get(
         }
         _ => Ok(None),
     }
+}
+
+/// A history channel's stream after `after`.
+pub(crate) async fn history(
+    shared: &Shared,
+    app_id: &str,
+    channel: &ChannelName,
+    rule: &HistoryRule,
+    after: u64,
+    limit: usize,
+    create: bool,
+) -> Result<History, BusError> {
+    let [stream, meta] = shared.keys.history(app_id, channel.as_str());
+    let reply: Vec<Value> = scripts::HISTORY_READ
+        .evalsha_with_reload(
+            &shared.client,
+            vec![stream, meta],
+            vec![
+                Value::from(after.to_string()),
+                (limit.min(i64::MAX as usize) as i64).into(),
+                (rule.ttl().as_millis() as i64).into(),
+                i64::from(create).into(),
+                herald_hub::local_bus::new_epoch().into(),
+            ],
+        )
+        .await
+        .map_err(unavailable)?;
+    let mut parts = reply.into_iter();
+    let (Some(epoch), Some(top)) = (parts.next(), parts.next()) else {
+        return Ok(History::default());
+    };
+    let top = Position {
+        epoch: epoch.as_string().unwrap_or_default(),
+        offset: top.as_u64().unwrap_or(0),
+    };
+    let mut events = Vec::new();
+    while let (Some(offset), Some(frame)) = (parts.next(), parts.next()) {
+        let frame = match frame {
+            Value::Bytes(b) => b,
+            Value::String(s) => Bytes::copy_from_slice(s.as_bytes()),
+            _ => continue,
+        };
+        events.push((offset.as_u64().unwrap_or(0), frame));
+    }
+    Ok(History {
+        top: Some(top),
+        events,
+    })
 }

@@ -147,6 +147,8 @@ pub(crate) async fn recovery_loop(shared: Arc<Shared>) {
             for (app, channel, members) in returned {
                 sink.members_returned(&app, &channel, members);
             }
+            // Whatever was published while the subscriptions were down is in the streams.
+            sink.subscriptions_restored();
         }
     }
 }
