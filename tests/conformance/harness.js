@@ -148,6 +148,10 @@ activity_timeout = 120
   for (const a of Object.values(APPS)) {
     out += '\n[[apps]]\n';
     for (const [k, v] of Object.entries(a)) out += `${k} = ${tomlValue(v)}\n`;
+    // CONFORMANCE_HISTORY=1: every channel keeps history, and stock clients must not notice.
+    if (process.env.CONFORMANCE_HISTORY === '1') {
+      out += '\n[[apps.history]]\nprefix = ""\nsize = 100\nttl = 300\n';
+    }
   }
   return out;
 }

@@ -74,7 +74,8 @@ pub struct Webhook {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct HistoryRule {
-    /// Channels whose name starts with this (`private-`/`presence-` included as written).
+    /// Channels whose name starts with this (`private-`/`presence-` included as written); ""
+    /// for every channel.
     pub prefix: String,
     /// Events kept per channel.
     pub size: usize,
@@ -94,9 +95,6 @@ impl HistoryRule {
 
     /// Why the rule cannot be used, if it cannot.
     pub fn check(&self) -> Result<(), String> {
-        if self.prefix.is_empty() {
-            return Err("prefix must not be empty".into());
-        }
         if self.size == 0 || self.size > MAX_HISTORY_SIZE {
             return Err(format!("size must be 1 to {MAX_HISTORY_SIZE}"));
         }
@@ -155,8 +153,11 @@ impl App {
         self.authorized_connections_timeout.map(Duration::from_secs)
     }
 
-    /// The history rule of a channel, if it keeps history.
+    /// The history rule of a channel, if it keeps history (internal channels never do).
     pub fn history_for(&self, channel: &herald_protocol::ChannelName) -> Option<&HistoryRule> {
+        if self.history.is_empty() || herald_protocol::channel::is_internal(channel.as_str()) {
+            return None;
+        }
         self.history
             .iter()
             .find(|r| channel.as_str().starts_with(&r.prefix))

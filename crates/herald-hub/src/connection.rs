@@ -11,6 +11,14 @@ use parking_lot::Mutex;
 use crate::app::App;
 use crate::outbox::{Outbox, Pushed};
 
+/// A history channel's event in the two forms clients get: as published (`base`) and with its
+/// stream position (`positioned`). Both encoded once per node, shared by every client.
+#[derive(Debug, Clone)]
+pub struct Framed {
+    pub base: Bytes,
+    pub positioned: Bytes,
+}
+
 #[derive(Debug)]
 pub struct Connection {
     pub socket_id: SocketId,
@@ -18,6 +26,8 @@ pub struct Connection {
     pub outbox: Outbox,
     user_id: Mutex<Option<Arc<str>>>,
     authorized: AtomicBool,
+    /// Asked for history channels' stream positions (`herald:positions`).
+    positions: AtomicBool,
 }
 
 impl Connection {
@@ -28,6 +38,7 @@ impl Connection {
             outbox: Outbox::new(outbox_bytes),
             user_id: Mutex::new(None),
             authorized: AtomicBool::new(false),
+            positions: AtomicBool::new(false),
         }
     }
 
@@ -48,6 +59,25 @@ impl Connection {
     /// Sends `pusher:error` with `code` (None = non-fatal) and `message`.
     pub fn send_error(&self, code: Option<u16>, message: &str) {
         self.send(herald_protocol::server::error(code, message));
+    }
+
+    /// Whether the client asked for stream positions (the recovery plugin does).
+    pub fn wants_positions(&self) -> bool {
+        self.positions.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn set_wants_positions(&self) {
+        self.positions.store(true, Ordering::Relaxed);
+    }
+
+    /// The client's copy of a history channel's event: with its position for a client that
+    /// asked for positions, without it for every other.
+    pub(crate) fn pick<'f>(&self, event: &'f Framed) -> &'f Bytes {
+        if self.wants_positions() {
+            &event.positioned
+        } else {
+            &event.base
+        }
     }
 
     /// The user this connection signed in as.

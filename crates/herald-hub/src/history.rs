@@ -22,13 +22,14 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use herald_protocol::client::Resume;
-use herald_protocol::server::Position;
+use herald_protocol::server::{self, Position};
 use herald_protocol::{ChannelName, ErrorCode, SocketId};
 
 use crate::app::{App, HistoryRule};
 use crate::cluster::{BusError, History};
 use crate::connection::Connection;
-use crate::hub::{push_to, Hub, LocalChannel};
+use crate::connection::Framed;
+use crate::hub::{push_framed, Hub, LocalChannel};
 use crate::metrics;
 
 /// Most live events held for one resuming connection or during one catch-up; beyond, the
@@ -39,7 +40,7 @@ pub const MAX_HELD: usize = 1000;
 #[derive(Debug, Clone)]
 pub(crate) struct Held {
     position: Position,
-    frame: Bytes,
+    event: Framed,
     exclude: Option<SocketId>,
     published_at_us: u64,
 }
@@ -76,13 +77,13 @@ impl StreamState {
     pub(crate) fn admit(
         &mut self,
         position: &Position,
-        frame: &Bytes,
+        event: &Framed,
         exclude: Option<SocketId>,
         published_at_us: u64,
     ) -> Admit {
         let held = Held {
             position: position.clone(),
-            frame: frame.clone(),
+            event: event.clone(),
             exclude,
             published_at_us,
         };
@@ -130,8 +131,8 @@ fn refuse(reason: &'static str) -> Option<(bool, Option<&'static str>)> {
 pub(crate) struct Resumed {
     /// The channel's position as the client is told it in `subscription_succeeded`.
     pub top: Option<Position>,
-    /// Missed events to send, oldest first.
-    pub replay: Vec<Bytes>,
+    /// Missed events to send, oldest first, in both forms.
+    pub replay: Vec<Framed>,
     /// For a client that asked to resume: recovered or not, and why not.
     pub verdict: Option<(bool, Option<&'static str>)>,
 }
@@ -208,11 +209,20 @@ impl Hub {
                 } else if bytes > self.replay_budget() {
                     refuse("too_large")
                 } else {
+                    let epoch = &p.epoch;
                     resumed.replay = read
                         .events
                         .into_iter()
                         .take(missed)
-                        .map(|(_, f)| f)
+                        .map(|(offset, f)| {
+                            framed(
+                                f,
+                                &Position {
+                                    epoch: epoch.clone(),
+                                    offset,
+                                },
+                            )
+                        })
                         .collect();
                     metrics::recovery("recovered");
                     metrics::replayed(resumed.replay.len());
@@ -258,7 +268,8 @@ impl Hub {
             );
         }
         for h in r.held.into_iter().filter(|h| h.position.offset > have) {
-            r.conn.send_timed(h.frame, h.published_at_us);
+            r.conn
+                .send_timed(r.conn.pick(&h.event).clone(), h.published_at_us);
         }
         ch.subscribers.write().insert(conn.socket_id, r.conn);
     }
@@ -315,8 +326,8 @@ impl Hub {
                         &mut stream,
                         &ch,
                         &Held {
+                            event: framed(frame, &position),
                             position,
-                            frame,
                             exclude: None,
                             published_at_us: 0,
                         },
@@ -381,10 +392,17 @@ fn deliver_held(stream: &mut StreamState, ch: &LocalChannel, h: &Held) -> usize 
             r.overflowed = true;
         }
     }
-    push_to(
+    push_framed(
         &ch.subscribers.read(),
-        &h.frame,
+        &h.event,
         h.exclude,
         h.published_at_us,
     )
+}
+
+/// A stored event (which carries its position) in both forms.
+pub(crate) fn framed(positioned: Bytes, position: &Position) -> Framed {
+    let base = server::without_position(&positioned, &position.epoch, position.offset)
+        .map_or_else(|| positioned.clone(), Bytes::from);
+    Framed { base, positioned }
 }

@@ -23,7 +23,7 @@ use crate::app::{App, Apps, HistoryRule};
 use crate::cluster::{
     Broker, BusMessage, BusPayload, BusSink, Cluster, ClusterState, PublishError,
 };
-use crate::connection::Connection;
+use crate::connection::{Connection, Framed};
 use crate::counts::CountNotices;
 use crate::history::{Admit, StreamState};
 use crate::metrics;
@@ -288,9 +288,8 @@ impl Hub {
     }
 
     /// Pushes an encoded frame to every local subscriber but `exclude`; returns how many got it.
-    /// A history channel's event (`position`) goes through the channel's stream state first:
-    /// held for connections that are resuming, held back while the node catches up a gap,
-    /// dropped if already delivered.
+    /// A history channel's event (`position` given, `frame` carrying it) goes through the
+    /// channel's stream state first (see [`Hub::deliver_framed`]).
     pub fn deliver_local(
         &self,
         app_id: &str,
@@ -300,15 +299,39 @@ impl Hub {
         published_at_us: u64,
         position: Option<&Position>,
     ) -> usize {
+        let Some(position) = position else {
+            let Some(ch) = self.channel(app_id, channel) else {
+                return 0;
+            };
+            return push_to(&ch.subscribers.read(), frame, exclude, published_at_us);
+        };
+        let base = server::without_position(frame, &position.epoch, position.offset)
+            .map_or_else(|| frame.clone(), Bytes::from);
+        let event = Framed {
+            base,
+            positioned: frame.clone(),
+        };
+        self.deliver_framed(app_id, channel, event, position, exclude, published_at_us)
+    }
+
+    /// Delivers a history channel's event: held for connections that are resuming, held back
+    /// while the node catches up a gap, dropped if already delivered; each client gets it with
+    /// or without its position, as it asked.
+    pub(crate) fn deliver_framed(
+        &self,
+        app_id: &str,
+        channel: &ChannelName,
+        event: Framed,
+        position: &Position,
+        exclude: Option<SocketId>,
+        published_at_us: u64,
+    ) -> usize {
         let Some(ch) = self.channel(app_id, channel) else {
             return 0;
         };
-        let Some(position) = position else {
-            return push_to(&ch.subscribers.read(), frame, exclude, published_at_us);
-        };
         let mut stream = ch.stream.lock();
-        match stream.admit(position, frame, exclude, published_at_us) {
-            Admit::Deliver => push_to(&ch.subscribers.read(), frame, exclude, published_at_us),
+        match stream.admit(position, &event, exclude, published_at_us) {
+            Admit::Deliver => push_framed(&ch.subscribers.read(), &event, exclude, published_at_us),
             Admit::Held => 0,
             Admit::Gap(after) => {
                 drop(stream);
@@ -349,6 +372,7 @@ impl Hub {
         published_at_us: u64,
         history: Option<&HistoryRule>,
     ) -> Result<usize, PublishError> {
+        let started = std::time::Instant::now();
         let sent = self
             .broker
             .publish(
@@ -364,6 +388,9 @@ impl Hub {
                 history,
             )
             .await;
+        if history.is_some() {
+            metrics::history_append(started.elapsed());
+        }
         let position = match &sent {
             Ok(position) => position.clone(),
             Err(PublishError::Partial { position, .. }) => position.clone(),
@@ -372,18 +399,16 @@ impl Hub {
             Err(e) if !e.may_have_been_delivered() || history.is_some() => return Err(e.clone()),
             Err(_) => None,
         };
-        let frame = match &position {
-            Some(p) => Bytes::from(server::with_position(&frame, &p.epoch, p.offset)),
-            None => frame,
+        let n = match &position {
+            Some(p) => {
+                let event = Framed {
+                    positioned: Bytes::from(server::with_position(&frame, &p.epoch, p.offset)),
+                    base: frame,
+                };
+                self.deliver_framed(app_id, channel, event, p, exclude, published_at_us)
+            }
+            None => self.deliver_local(app_id, channel, &frame, exclude, published_at_us, None),
         };
-        let n = self.deliver_local(
-            app_id,
-            channel,
-            &frame,
-            exclude,
-            published_at_us,
-            position.as_ref(),
-        );
         metrics::sent_events(n as u64);
         sent.map(|_| n)
     }
@@ -606,6 +631,26 @@ pub(crate) fn push_to(
             continue;
         }
         if conn.send_timed(frame.clone(), published_at_us) == Pushed::Queued {
+            delivered += 1;
+        }
+    }
+    delivered
+}
+
+/// Pushes a history channel's event to every subscriber but `exclude`, each in the form it
+/// asked for; how many queued it.
+pub(crate) fn push_framed(
+    subs: &HashMap<SocketId, Arc<Connection>>,
+    event: &Framed,
+    exclude: Option<SocketId>,
+    published_at_us: u64,
+) -> usize {
+    let mut delivered = 0;
+    for (socket_id, conn) in subs {
+        if Some(*socket_id) == exclude {
+            continue;
+        }
+        if conn.send_timed(conn.pick(event).clone(), published_at_us) == Pushed::Queued {
             delivered += 1;
         }
     }

@@ -102,3 +102,8 @@ pub fn replayed(n: usize) {
 pub fn caught_up(n: usize) {
     counter!("herald_history_caught_up_events_total").increment(n as u64);
 }
+
+/// How long a history channel's publish took (append and publish).
+pub fn history_append(took: std::time::Duration) {
+    histogram!("herald_history_append_seconds").record(took.as_secs_f64());
+}

@@ -93,6 +93,7 @@ impl Session {
                 ClientMessage::Unsubscribe { channel } => ("pusher:unsubscribe", Some(channel)),
                 ClientMessage::Signin { .. } => ("pusher:signin", None),
                 ClientMessage::ClientEvent { channel, .. } => ("client event", Some(channel)),
+                ClientMessage::WantsPositions => ("herald:positions", None),
             };
             let channel = channel.map_or("", |c| c.as_str());
             tracing::info!(app = %self.conn.app.id, socket_id = %self.conn.socket_id, kind = %kind, channel = %channel, "frame received");
@@ -103,6 +104,10 @@ impl Session {
                 self.conn.send(server::pong());
             }
             ClientMessage::Pong => metrics::received("pong"),
+            ClientMessage::WantsPositions => {
+                metrics::received("positions");
+                self.conn.set_wants_positions();
+            }
             ClientMessage::Subscribe {
                 channel,
                 auth,
@@ -309,9 +314,10 @@ impl Session {
                     }
                 };
                 let have = resumed.top.clone();
+                let wants = self.conn.wants_positions();
                 self.conn.send(match &resumed.top {
-                    Some(top) => server::with_position(&succeeded, &top.epoch, top.offset),
-                    None => succeeded,
+                    Some(top) if wants => server::with_position(&succeeded, &top.epoch, top.offset),
+                    _ => succeeded,
                 });
                 if let Some((recovered, reason)) = resumed.verdict {
                     self.conn.send(server::recovery(
@@ -321,8 +327,8 @@ impl Session {
                         reason,
                     ));
                 }
-                for frame in resumed.replay {
-                    self.conn.send(frame);
+                for event in &resumed.replay {
+                    self.conn.send(self.conn.pick(event).clone());
                 }
                 self.hub.finish_resume(&self.conn, channel, have.as_ref());
             }

@@ -315,7 +315,7 @@ impl Config {
             for (j, rule) in app.history.iter().enumerate() {
                 rule.check()
                     .map_err(|e| format!("apps[{i}].history[{j}]: {e}"))?;
-                if herald_protocol::channel::is_internal(&rule.prefix) {
+                if !rule.prefix.is_empty() && herald_protocol::channel::is_internal(&rule.prefix) {
                     return Err(format!(
                         "apps[{i}].history[{j}].prefix: {:?} names internal channels",
                         rule.prefix

@@ -111,6 +111,23 @@ fn describe() {
         "Redis Cluster slot moves (failover, resharding) after which every topic was subscribed again"
     );
     describe_counter!(
+        "herald_recoveries_total",
+        "Resumes on subscribe, by outcome (recovered, or the reason not)"
+    );
+    describe_counter!(
+        "herald_recovery_replayed_events_total",
+        "Missed events sent to resuming clients"
+    );
+    describe_counter!(
+        "herald_history_caught_up_events_total",
+        "Events read from a stream to fill a gap in what this node received"
+    );
+    describe_histogram!(
+        "herald_history_append_seconds",
+        Unit::Seconds,
+        "Publish-to-answer time of history channels' publishes"
+    );
+    describe_counter!(
         "herald_bus_stalls_total",
         "Times a ping of a Redis connection went unanswered (Redis stalled or the link frozen)"
     );
@@ -187,6 +204,9 @@ pub fn register_zeroes(apps: &[String], max_connections: u64, in_process_bus: bo
     counter!("herald_bus_reconnects_total").absolute(0);
     counter!("herald_bus_topology_changes_total").absolute(0);
     counter!("herald_bus_stalls_total").absolute(0);
+    counter!("herald_recoveries_total", "outcome" => "recovered").absolute(0);
+    counter!("herald_recovery_replayed_events_total").absolute(0);
+    counter!("herald_history_caught_up_events_total").absolute(0);
     counter!("herald_bus_publishes_partial_total").absolute(0);
     gauge!("herald_http_connections").set(0.0);
     gauge!("herald_bus_topics").set(0.0);

@@ -15,7 +15,17 @@ use serde_json::json;
 /// Every metric docs/operations.md lists, present after real traffic.
 #[tokio::test]
 async fn documented_metrics_appear_after_traffic() {
-    let h = Herald::start().await;
+    // app1 keeps history on "kept." channels.
+    let apps = default_apps().replacen(
+        "\n[[apps]]\nid = \"app2\"",
+        "\n[[apps.history]]\nprefix = \"kept.\"\nsize = 10\nttl = 60\n\n[[apps]]\nid = \"app2\"",
+        1,
+    );
+    let h = Herald::start_with("", &apps).await;
+    let mut kept = h.client().await;
+    kept.subscribe("kept.1").await;
+    h.api().trigger(&["kept.1"], "e", "x", None).await;
+    kept.recv_event("e").await;
     let mut a = h.client().await;
     let mut b = h.client().await;
     a.subscribe_private("private-m").await;

@@ -34,8 +34,10 @@ fn redis_bus(url: &str) -> String {
     )
 }
 
-/// Subscribes (with a resume position, if given); returns the `subscription_succeeded` frame.
+/// Subscribes as the recovery plugin does (asking for positions first, and with a resume
+/// position if given); returns the `subscription_succeeded` frame.
 async fn subscribe_at(c: &mut Client, channel: &str, position: Option<Value>) -> Value {
+    c.send(json!({"event":"herald:positions","data":{}})).await;
     let mut data = json!({ "channel": channel });
     if let Some(p) = position {
         data["position"] = p;
@@ -211,6 +213,19 @@ async fn resume_cases(nodes: &[Herald]) {
         .call("GET", "/channels/presence-orders.9/history", &[], "")
         .await;
     assert_eq!(h["events"], json!([]));
+
+    // A client that did not ask for positions gets the frames as they were published.
+    let mut stock = first.client().await;
+    let ok = stock.subscribe("orders.1").await;
+    assert!(ok.get("position").is_none(), "{ok}");
+    publish(last, "orders.1", "plain").await;
+    let v = stock.recv_event("e").await;
+    assert_eq!(
+        v,
+        json!({"event": "e", "channel": "orders.1", "data": "plain"})
+    );
+    let v = c1.recv_event("e").await;
+    assert!(v["position"]["offset"].as_u64().is_some(), "{v}");
 
     // Positions are per channel: a position of orders.1 on orders.2 is not recovered.
     let mut other = last.client().await;

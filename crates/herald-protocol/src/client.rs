@@ -69,6 +69,9 @@ pub enum ClientMessage {
         channel: ChannelName,
         data: String,
     },
+    /// `herald:positions`: the client (the recovery plugin) wants the stream position of
+    /// history channels' events. Stock clients never send it, and get frames without positions.
+    WantsPositions,
 }
 
 #[derive(Deserialize)]
@@ -132,9 +135,15 @@ impl ClientMessage {
                     user_data: required_str(&data, "user_data", &event)?,
                 })
             }
-            e if e.starts_with("pusher:") || e.starts_with("pusher_internal:") => Err(
-                ProtocolError::UnknownEvent(format!("{e} is not an event a client may send")),
-            ),
+            "herald:positions" => Ok(ClientMessage::WantsPositions),
+            e if e.starts_with("pusher:")
+                || e.starts_with("pusher_internal:")
+                || e.starts_with("herald:") =>
+            {
+                Err(ProtocolError::UnknownEvent(format!(
+                    "{e} is not an event a client may send"
+                )))
+            }
             e if e.starts_with("client-") => {
                 let channel = channel.ok_or_else(|| {
                     ProtocolError::InvalidMessage(format!("client event {e} names no channel"))

@@ -178,6 +178,17 @@ pub fn with_position(frame: &[u8], epoch: &str, offset: u64) -> Vec<u8> {
     out
 }
 
+/// The frame [`with_position`] was given, from what it returned: the event as a client that
+/// did not ask for positions gets it. `None` when `frame` does not end with that position.
+pub fn without_position(frame: &[u8], epoch: &str, offset: u64) -> Option<Vec<u8>> {
+    let suffix = format!(r#","position":{{"epoch":"{epoch}","offset":{offset}}}}}"#);
+    let body = frame.strip_suffix(suffix.as_bytes())?;
+    let mut out = Vec::with_capacity(body.len() + 1);
+    out.extend_from_slice(body);
+    out.push(b'}');
+    Some(out)
+}
+
 #[derive(Serialize)]
 struct RecoveryData<'a> {
     recovered: bool,
@@ -335,6 +346,11 @@ mod tests {
         );
         let v: serde_json::Value = serde_json::from_str(&framed).expect("json");
         assert_eq!(v["position"]["offset"], 42);
+        assert_eq!(
+            without_position(framed.as_bytes(), "Ab12", 42).map(s),
+            Some(r#"{"event":"e","channel":"orders.1","data":"{}"}"#.to_owned())
+        );
+        assert_eq!(without_position(framed.as_bytes(), "Ab12", 4), None);
         assert_eq!(
             s(recovery("orders.1", false, 0, Some("epoch_changed"))),
             r#"{"event":"herald:recovery","channel":"orders.1","data":"{\"recovered\":false,\"replayed\":0,\"reason\":\"epoch_changed\"}"}"#

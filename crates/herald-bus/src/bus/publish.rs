@@ -42,7 +42,6 @@ pub(crate) async fn publish(
     let slot = shared
         .sharded()
         .then(|| fred::util::redis_keyslot(topic.as_bytes()));
-    let started = std::time::Instant::now();
     let reply = match history {
         None => run_publish(shared, &msg, topic).await,
         Some(rule) => run_publish_history(shared, &msg, topic, rule).await,
@@ -54,10 +53,6 @@ pub(crate) async fn publish(
             return Err(PublishError::Unconfirmed(e.to_string()));
         }
     };
-    if history.is_some() {
-        metrics::histogram!("herald_history_append_seconds")
-            .record(started.elapsed().as_secs_f64());
-    }
     if receivers < 0 {
         return Err(PublishError::NotPublished(format!(
             "Redis ran the publish more than {} ms after it was sent and dropped it",
