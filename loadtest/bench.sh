@@ -13,6 +13,12 @@
 #                    cluster-sharded"; cluster-sharded runs Herald on a 3-master Redis Cluster)
 #   BENCH_N          connections for idle, fanout, burst and storm (default 10000)
 #   BENCH_OUT        output directory
+#   BENCH_HERALD_BIN the herald binary (default target/release/herald), e.g. an older build to
+#                    compare with in the same run
+#
+# Herald-only scenarios (not in the default set): fanout-history and cluster-history (fanout
+# and cluster with every channel keeping history), recovery (5,000 clients of 100 history
+# channels on a Redis-backed node drop, miss 20 events each, and resume at once).
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 peers="$root/loadtest/peers"
@@ -21,7 +27,7 @@ servers="${BENCH_SERVERS:-herald sockudo soketi}"
 scenarios="${BENCH_SCENARIOS:-idle fanout burst burst-batch storm presence cluster cluster-sharded}"
 n="${BENCH_N:-10000}"
 lt="$root/target/release/herald-loadtest"
-herald="$root/target/release/herald"
+herald="${BENCH_HERALD_BIN:-$root/target/release/herald}"
 mkdir -p "$out"
 
 [[ -x "$herald" ]] || cargo build -j2 --release --bin herald
@@ -69,7 +75,8 @@ stop() {
   wait "$1" 2>/dev/null || true
 }
 
-# start SERVER PORT [REDIS_PORT] [NODE] — sets PID.
+# start SERVER PORT [REDIS_PORT] [NODE] — sets PID. With HISTORY_PREFIX set, Herald keeps
+# history (100 events, 300 s) on channels starting with it ("" = every channel).
 start() {
   local server="$1" p="$2" redis="${3:-}" node="${4:-1}" log="$out/server-$1-$2.log"
   case "$server" in
@@ -91,6 +98,9 @@ id = "app-id"
 key = "app-key"
 secret = "app-secret"
 TOML
+      if [[ -n "${HISTORY_PREFIX+set}" ]]; then
+        printf '\n[[apps.history]]\nprefix = "%s"\nsize = 100\nttl = 300\n' "$HISTORY_PREFIX" >>"$conf"
+      fi
       if [[ "$redis" == cluster:* ]]; then
         local seeds=""
         for rp in ${redis#cluster:}; do seeds+="${seeds:+, }\"redis://127.0.0.1:$rp\""; done
@@ -117,6 +127,13 @@ loadtest() {
   grep -E "subscribed|per second|per connection|all back|time until|lost|p99|deliver |join |cross-node|error" "$out/$name-$server.txt" | sed 's/^/   /' >&2 || true
 }
 
+# herald_only NAME SERVER: true for herald; says why a peer is skipped.
+herald_only() {
+  [[ "$2" == herald ]] && return 0
+  echo "skipping $1 on $2 (Herald only)" >&2
+  return 1
+}
+
 single() {
   local name="$1" server="$2"; shift 2
   port=$((port + 2))
@@ -127,7 +144,7 @@ single() {
 }
 
 cluster() {
-  local server="$1" redis_port ports=() urls=() spids=()
+  local server="$1" name="${2:-cluster}" redis_port ports=() urls=() spids=()
   port=$((port + 10)); redis_port=$port
   redis-server --port "$redis_port" --bind 127.0.0.1 --save '' --appendonly no --dir "$out" >"$out/redis-$server.log" 2>&1 &
   local rpid=$!; pids+=("$rpid")
@@ -139,9 +156,25 @@ cluster() {
   done
   spids+=(--server-pid "$rpid")
   sleep 1
-  loadtest cluster "$server" cluster "${urls[@]}" "${spids[@]}" \
+  loadtest "$name" "$server" cluster "${urls[@]}" "${spids[@]}" \
     --connections 3000 --channels 1000 --rate 5000 --messages 25000 --publishers 8
   for p in "${ports[@]}"; do stop "$p"; done
+  stop "$rpid"
+}
+
+# One Herald node on a redis-server; the recovery storm (Redis's CPU counted with the node's).
+recovery() {
+  local server="$1" redis_port
+  port=$((port + 10)); redis_port=$port
+  redis-server --port "$redis_port" --bind 127.0.0.1 --save '' --appendonly no --dir "$out" >"$out/redis-recovery.log" 2>&1 &
+  local rpid=$!; pids+=("$rpid")
+  for _ in $(seq 50); do redis-cli -p "$redis_port" ping >/dev/null 2>&1 && break; sleep 0.1; done
+  local p=$((redis_port + 2))
+  HISTORY_PREFIX="recovery-" start "$server" "$p" "$redis_port" 1
+  local hpid=$PID
+  loadtest recovery "$server" recovery --url "ws://127.0.0.1:$p" --server-pid "$hpid" \
+    --server-pid "$rpid" --connections 5000 --channels 100 --missed 20
+  stop "$hpid"
   stop "$rpid"
 }
 
@@ -187,6 +220,9 @@ for scenario in $scenarios; do
     case "$scenario" in
       idle) single idle "$server" idle --connections "$n" --hold 3 ;;
       fanout) single fanout "$server" fanout --connections "$n" --rate 10 --messages 100 ;;
+      fanout-history) herald_only "$scenario" "$server" && HISTORY_PREFIX="" single fanout-history "$server" fanout --connections "$n" --rate 10 --messages 100 ;;
+      cluster-history) herald_only "$scenario" "$server" && HISTORY_PREFIX="" cluster "$server" cluster-history ;;
+      recovery) herald_only "$scenario" "$server" && recovery "$server" ;;
       burst) single burst "$server" burst --connections "$n" --messages 200 --publishers 4 ;;
       burst-batch) single burst-batch "$server" burst --connections "$n" --messages 200 --publishers 4 --batch 10 ;;
       storm) single storm "$server" storm --connections "$n" ;;

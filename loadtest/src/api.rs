@@ -62,6 +62,39 @@ impl Publisher {
         .await
     }
 
+    /// A history channel's stream position (`GET …/channels/{name}/history?limit=0`): epoch
+    /// and last offset.
+    pub async fn position(&mut self, channel: &str) -> Result<(String, u64)> {
+        let path = format!("/apps/{}/channels/{channel}/history", self.creds.app_id);
+        let now = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs();
+        let query = herald_protocol::api_auth::signed_query(
+            &self.creds.key,
+            &self.creds.secret,
+            "GET",
+            &path,
+            &[("limit", "0")],
+            b"",
+            now,
+        );
+        if self.sender.is_closed() || self.sender.ready().await.is_err() {
+            self.sender = open(self.addr).await?;
+        }
+        let request = hyper::Request::get(format!("{path}?{query}"))
+            .header("host", &self.authority)
+            .body(Full::new(Bytes::new()))?;
+        let response = self.sender.send_request(request).await?;
+        let status = response.status();
+        let body = response.into_body().collect().await?.to_bytes();
+        if !status.is_success() {
+            bail!("HTTP {status}: {}", String::from_utf8_lossy(&body));
+        }
+        let v: serde_json::Value = serde_json::from_slice(&body)?;
+        Ok((
+            v["epoch"].as_str().unwrap_or_default().to_owned(),
+            v["offset"].as_u64().unwrap_or(0),
+        ))
+    }
+
     async fn post(&mut self, endpoint: &str, body: String) -> Result<()> {
         let path = format!("/apps/{}/{endpoint}", self.creds.app_id);
         let now = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs();

@@ -66,6 +66,20 @@ pub enum Command {
         timeout: u64,
     },
     /// Merge JSON results (one per server) into side-by-side markdown tables.
+    /// Herald only: clients of history channels drop at once, miss events, and all resume.
+    Recovery {
+        #[command(flatten)]
+        common: Common,
+        #[arg(long, default_value_t = 5000)]
+        connections: usize,
+        #[arg(long, default_value_t = 100)]
+        channels: usize,
+        /// Events published to each channel while its clients are away.
+        #[arg(long, default_value_t = 20)]
+        missed: u64,
+        #[arg(long, default_value_t = 60)]
+        timeout: u64,
+    },
     Report {
         files: Vec<PathBuf>,
         /// Also write an SVG latency plot of the given series (first match per file).

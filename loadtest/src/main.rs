@@ -51,6 +51,7 @@ fn main() -> Result<()> {
     let threads = match &cli.command {
         Command::Idle { common, .. }
         | Command::Storm { common, .. }
+        | Command::Recovery { common, .. }
         | Command::Presence { common, .. } => common.threads,
         Command::Fanout(a) | Command::Burst(a) | Command::Cluster(a) => a.common.threads,
         Command::Report { .. } => 0,
@@ -71,6 +72,11 @@ async fn run(command: Command) -> Result<()> {
             ..
         }
         | Command::Storm {
+            common,
+            connections,
+            ..
+        }
+        | Command::Recovery {
             common,
             connections,
             ..
@@ -120,6 +126,13 @@ async fn run(command: Command) -> Result<()> {
             scenario::storm::run(&ctx, connections, channels, reconnect_concurrency, timeout)
                 .await?
         }
+        Command::Recovery {
+            connections,
+            channels,
+            missed,
+            timeout,
+            ..
+        } => scenario::recovery::run(&ctx, connections, channels, missed, timeout).await?,
         Command::Report { .. } => unreachable!("handled in main"),
     };
     output(&common, &report)

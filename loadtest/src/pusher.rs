@@ -22,6 +22,11 @@ pub enum Event {
         seq: u64,
     },
     SubscriptionSucceeded,
+    /// `herald:recovery`: whether a resumed subscription got every missed event, and how many.
+    Recovery {
+        recovered: bool,
+        replayed: u64,
+    },
     MemberAdded,
     MemberRemoved,
     PusherPing,
@@ -53,6 +58,12 @@ pub fn classify(frame: &[u8]) -> Event {
         b"pusher_internal:member_removed" => Event::MemberRemoved,
         b"pusher:ping" => Event::PusherPing,
         b"pusher:error" => Event::Error(error_code(frame)),
+        b"herald:recovery" => Event::Recovery {
+            recovered: memmem::find(frame, br#"recovered\":true"#).is_some(),
+            replayed: after(frame, br#"replayed\":"#)
+                .and_then(digits)
+                .map_or(0, |(n, _)| n),
+        },
         _ if name.starts_with(b"pusher") => Event::Other,
         _ => match marker(frame) {
             Some((sent_us, seq)) => Event::Data { sent_us, seq },
@@ -143,6 +154,17 @@ pub fn subscribe(
     serde_json::json!({ "event": "pusher:subscribe", "data": data }).to_string()
 }
 
+/// `pusher:subscribe` of a public channel resuming after `offset` of stream `epoch` (what
+/// the recovery plugin sends after a reconnect).
+pub fn subscribe_at(channel: &str, epoch: &str, offset: u64) -> String {
+    serde_json::json!({ "event": "pusher:subscribe", "data": {
+        "channel": channel, "position": { "epoch": epoch, "offset": offset } } })
+    .to_string()
+}
+
+/// Asks for history channels' positions (sent once per connection by the recovery plugin).
+pub const POSITIONS: &[u8] = br#"{"event":"herald:positions","data":{}}"#;
+
 pub fn unsubscribe(channel: &str) -> String {
     serde_json::json!({ "event": "pusher:unsubscribe", "data": { "channel": channel } }).to_string()
 }
@@ -177,5 +199,13 @@ mod tests {
         assert!(matches!(classify(err), Event::Error(Some(4001))));
         let ok = br#"{"event":"pusher_internal:subscription_succeeded","channel":"c"}"#;
         assert!(matches!(classify(ok), Event::SubscriptionSucceeded));
+        let rec = br#"{"event":"herald:recovery","channel":"c","data":"{\"recovered\":true,\"replayed\":20}"}"#;
+        assert!(matches!(
+            classify(rec),
+            Event::Recovery {
+                recovered: true,
+                replayed: 20
+            }
+        ));
     }
 }

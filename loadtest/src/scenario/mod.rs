@@ -3,4 +3,5 @@
 pub mod deliver;
 pub mod idle;
 pub mod presence;
+pub mod recovery;
 pub mod storm;
