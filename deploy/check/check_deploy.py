@@ -278,6 +278,7 @@ def check_helm(rep: Report, manifests: dict[str, list[dict]]) -> None:
             problems.append("expected exactly one StatefulSet")
         else:
             problems += statefulset_problems(sts[0], merged)
+            problems += console_problems(docs, merged)
         cfg_problems, cfg_text = assembled_config(docs, label)
         problems += cfg_problems
         problems += chart_config_expectations(merged, cfg_text)
@@ -360,6 +361,29 @@ def statefulset_problems(sts: dict, values: dict) -> list[str]:
                 mounts.get("redis-ca") != "/etc/herald/redis-ca":
             problems.append("redis.caSecret is not mounted as /etc/herald/redis-ca/ca.pem")
     return problems
+
+
+def console_problems(docs: list[dict], values: dict) -> list[str]:
+    """The console token reaches HERALD_ADMIN__TOKEN from the right Secret, or not at all."""
+    sts = next(d for d in docs if d["kind"] == "StatefulSet")
+    main = next(c for c in sts["spec"]["template"]["spec"]["containers"] if c["name"] == "herald")
+    env = {e["name"]: e for e in main.get("env", [])}
+    console = values["console"]
+    token = env.get("HERALD_ADMIN__TOKEN")
+    if not console["enabled"]:
+        return ["HERALD_ADMIN__TOKEN set with the console off"] if token else []
+    ref = (token or {}).get("valueFrom", {}).get("secretKeyRef", {})
+    if console["existingSecret"]:
+        want = (console["existingSecret"], console["existingSecretKey"])
+    else:
+        secret = next((d for d in docs if d["kind"] == "Secret"
+                       and d["metadata"]["name"].endswith("-console")), None)
+        if secret is None or len(secret.get("stringData", {}).get("token", "")) < 16:
+            return ["console enabled but no generated Secret with a token of 16+ characters"]
+        want = (secret["metadata"]["name"], "token")
+    if (ref.get("name"), ref.get("key")) != want:
+        return [f"HERALD_ADMIN__TOKEN comes from {ref}, expected Secret {want[0]} key {want[1]}"]
+    return []
 
 
 def chart_config_expectations(values: dict, text: str) -> list[str]:

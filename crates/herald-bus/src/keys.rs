@@ -107,6 +107,21 @@ impl Keys {
         format!("{{{}:alive:{}}}", self.prefix, node)
     }
 
+    /// The topic console records travel on (one hash tag, so sharded on Redis Cluster).
+    pub fn console_topic(&self) -> String {
+        format!("{{{}:console}}", self.prefix)
+    }
+
+    /// Hash `app|node` → `expiry ms:1|0` (with payloads or not): which apps consoles watch.
+    pub fn console_watched(&self) -> String {
+        format!("{}:console:watched", self.prefix)
+    }
+
+    /// Hash node → its latest report (JSON, with the time it was made).
+    pub fn node_reports(&self) -> String {
+        format!("{}:node-reports", self.prefix)
+    }
+
     /// Held by the node that probes the others' liveness topics.
     pub fn prober(&self) -> String {
         format!("{}:prober", self.prefix)

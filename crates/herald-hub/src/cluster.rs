@@ -5,6 +5,7 @@
 //! else in the process talks to them. [`crate::LocalBus`] implements both for one node; the
 //! Redis implementation lives in `herald-bus`.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -120,6 +121,16 @@ pub struct History {
     pub events: Vec<(u64, Bytes)>,
 }
 
+/// What a node says of itself, for the console's list of nodes.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct NodeReport {
+    pub id: String,
+    pub ready: bool,
+    pub connections: u64,
+    /// Connections per app.
+    pub apps: HashMap<String, u64>,
+}
+
 /// Counts for one occupied channel.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ChannelStats {
@@ -150,6 +161,9 @@ pub trait BusSink: Send + Sync {
     /// move): messages published meanwhile may not have reached it, so history channels catch
     /// up from their streams.
     fn subscriptions_restored(&self) {}
+
+    /// Console records from another node (JSON lines of [`crate::monitor::Record`]).
+    fn console(&self, _records: Bytes) {}
 }
 
 /// Publication and interest routing between nodes.
@@ -179,6 +193,23 @@ pub trait Broker: Send + Sync + 'static {
 
     /// `Ok` when the broker can serve; otherwise why not.
     fn readiness(&self) -> Result<(), String>;
+
+    /// Console records of this node for the consoles of the others (JSON lines).
+    async fn console_publish(&self, _records: Bytes) {}
+
+    /// Tells the cluster which apps this node's consoles watch (and whether with payloads);
+    /// answers which apps the consoles of other nodes watch.
+    async fn console_watch(&self, _here: &[(String, bool)]) -> HashMap<String, bool> {
+        HashMap::new()
+    }
+
+    /// What every node reported of itself lately (one entry, this node's, on a single node).
+    async fn nodes(&self) -> Vec<NodeReport> {
+        Vec::new()
+    }
+
+    /// This node's own report, for the others (every couple of seconds).
+    async fn report(&self, _report: &NodeReport) {}
 
     /// Leaves the cluster on a graceful exit: this node's state and lease go at once instead
     /// of lapsing.

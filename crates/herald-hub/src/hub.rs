@@ -27,6 +27,7 @@ use crate::connection::{Connection, Framed};
 use crate::counts::CountNotices;
 use crate::history::{Admit, StreamState};
 use crate::metrics;
+use crate::monitor::{Activity, Monitor};
 use crate::outbox::Pushed;
 use crate::webhook::{WebhookEvent, WebhookSink};
 
@@ -80,6 +81,8 @@ pub struct Hub {
     pub(crate) tasks: TaskTracker,
     pub(crate) cancel: CancellationToken,
     me: std::sync::Weak<Hub>,
+    /// What the debug console shows.
+    pub(crate) monitor: Arc<Monitor>,
 }
 
 impl std::fmt::Debug for Hub {
@@ -115,6 +118,7 @@ impl Hub {
             .collect();
         let hub = Arc::new_cyclic(|me| Hub {
             me: me.clone(),
+            monitor: Monitor::new(&config.node_id),
             webhooks: OnceLock::new(),
             counts: parking_lot::Mutex::new(CountNotices::default()),
             node_id: Arc::from(config.node_id.as_str()),
@@ -131,6 +135,10 @@ impl Hub {
         hub.broker.attach(hub.clone());
         if tokio::runtime::Handle::try_current().is_ok() {
             hub.tasks.spawn(crate::counts::count_notifier(
+                Arc::downgrade(&hub),
+                hub.cancel.clone(),
+            ));
+            hub.tasks.spawn(crate::console::console_loop(
                 Arc::downgrade(&hub),
                 hub.cancel.clone(),
             ));
@@ -170,6 +178,11 @@ impl Hub {
             }
         }
         out
+    }
+
+    /// What the debug console shows (the node records connections and webhooks into it).
+    pub fn monitor(&self) -> &Arc<Monitor> {
+        &self.monitor
     }
 
     pub fn apps(&self) -> &Apps {
@@ -556,6 +569,12 @@ impl BusSink for Hub {
                     msg.position.as_ref(),
                 );
                 metrics::sent_events(n as u64);
+                // Herald's own notices (member_added, counts) are not shown as events.
+                if !frame.starts_with(br#"{"event":"pusher"#) {
+                    self.monitor.record(&msg.app_id, |payloads| {
+                        delivered(&msg.channel, frame, n, payloads)
+                    });
+                }
             }
             BusPayload::TerminateUser => {
                 self.close_subscribers(
@@ -602,6 +621,10 @@ impl BusSink for Hub {
                 hub.announce_arrival(&app, &channel, &member, None).await;
             }
         });
+    }
+
+    fn console(&self, records: Bytes) {
+        self.monitor.inject(crate::console::decode(&records));
     }
 
     fn subscriptions_restored(&self) {
@@ -655,4 +678,38 @@ pub(crate) fn push_framed(
         }
     }
     delivered
+}
+
+/// A console record of an event another node published, as delivered here: an API event, or a
+/// client event (named `client-…`).
+fn delivered(channel: &ChannelName, frame: &Bytes, sockets: usize, payloads: bool) -> Activity {
+    #[derive(serde::Deserialize)]
+    struct Event {
+        event: String,
+        #[serde(default)]
+        data: String,
+    }
+    let e = serde_json::from_slice::<Event>(frame).unwrap_or(Event {
+        event: String::new(),
+        data: String::new(),
+    });
+    let data = payloads.then(|| e.data.clone());
+    if e.event.starts_with("client-") {
+        Activity::ClientEvent {
+            channel: channel.to_string(),
+            event: e.event,
+            size: e.data.len(),
+            socket_id: String::new(),
+            sockets,
+            data,
+        }
+    } else {
+        Activity::ApiEvent {
+            channel: channel.to_string(),
+            event: e.event,
+            size: e.data.len(),
+            sockets,
+            data,
+        }
+    }
 }

@@ -16,12 +16,14 @@ pub mod app;
 pub mod clock;
 pub mod cluster;
 pub mod connection;
+mod console;
 mod counts;
 pub mod errors;
 mod history;
 pub mod hub;
 pub mod local_bus;
 pub mod metrics;
+pub mod monitor;
 pub mod operations;
 pub mod outbox;
 pub mod rate;
@@ -31,12 +33,13 @@ pub mod webhook;
 pub use app::{App, Apps, HistoryRule};
 pub use cluster::{
     Broker, BusError, BusMessage, BusPayload, BusSink, CachePut, ChannelStats, Cluster,
-    ClusterState, History, PresenceJoin, PublishError,
+    ClusterState, History, NodeReport, PresenceJoin, PublishError,
 };
 pub use connection::Connection;
 pub use errors::{Refusal, SubscribeError, TriggerError, TriggerFailure};
 pub use hub::{Hub, HubConfig};
 pub use local_bus::LocalBus;
+pub use monitor::{Activity, Monitor, Record};
 pub use operations::ChannelInfo;
 pub use outbox::{CloseReason, Outbox, Pushed};
 pub use session::Session;

@@ -14,6 +14,7 @@ use crate::app::App;
 use crate::cluster::{BusError, CachePut, ChannelStats, History, PublishError};
 use crate::errors::{Refusal, TriggerError, TriggerFailure};
 use crate::hub::{Hub, TERMINATED};
+use crate::monitor::Activity;
 
 /// What the API tells about one channel.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -118,7 +119,7 @@ impl Hub {
                     Err(e) => return Err(fail(i, TriggerFailure::Cache(e))),
                 }
             }
-            if let Err(e) = self
+            let sent = self
                 .publish_kept(
                     &app.id,
                     channel,
@@ -127,8 +128,15 @@ impl Hub {
                     arrived_us,
                     app.history_for(channel),
                 )
-                .await
-            {
+                .await;
+            self.monitor.record(&app.id, |payloads| Activity::ApiEvent {
+                channel: channel.to_string(),
+                event: publish.name.clone(),
+                size: publish.data.len(),
+                sockets: *sent.as_ref().unwrap_or(&0),
+                data: payloads.then(|| publish.data.clone()),
+            });
+            if let Err(e) = sent {
                 return Err(fail(i, e.into()));
             }
         }

@@ -16,6 +16,7 @@ use crate::connection::Connection;
 use crate::errors::SubscribeError;
 use crate::hub::{now_us, Hub};
 use crate::metrics;
+use crate::monitor::Activity;
 use crate::rate::TokenBucket;
 use crate::webhook::WebhookEvent;
 
@@ -160,6 +161,12 @@ impl Session {
             tracing::info!(app = %self.conn.app.id, socket_id = %self.conn.socket_id, "subscription refused: invalid signature");
         }
         let message = e.to_string();
+        self.hub.monitor.record(&self.conn.app.id, |_| Activity::SubscriptionRefused {
+            socket_id: self.conn.socket_id.to_string(),
+            channel: channel.to_string(),
+            reason: message.clone(),
+            status: e.subscription_error().map_or(400, |(_, status)| status),
+        });
         self.conn.send_error(e.ws_code(), &message);
         if let Some((kind, status)) = e.subscription_error() {
             self.conn.send(server::subscription_error(
@@ -342,6 +349,10 @@ impl Session {
                 .await;
         }
         self.hub.count_changed(&app.id, channel);
+        self.hub.monitor.record(&app.id, |_| Activity::Subscribed {
+            socket_id: socket_id.to_string(),
+            channel: channel.to_string(),
+        });
         Ok(())
     }
 
@@ -375,6 +386,10 @@ impl Session {
         }
         if let Some(sub) = self.subscriptions.remove(channel) {
             self.leave(channel, sub).await;
+            self.hub.monitor.record(&self.conn.app.id, |_| Activity::Unsubscribed {
+                socket_id: self.conn.socket_id.to_string(),
+                channel: channel.to_string(),
+            });
         }
     }
 
@@ -586,13 +601,22 @@ impl Session {
                 user_id: sub.presence_user.clone(),
             },
         );
-        if let Err(e) = self
+        let sockets = match self
             .hub
             .publish(&app.id, channel, frame, Some(self.conn.socket_id), now_us())
             .await
         {
-            return reject(format!("the cluster bus is unavailable ({e})"));
-        }
+            Ok(n) => n,
+            Err(e) => return reject(format!("the cluster bus is unavailable ({e})")),
+        };
+        self.hub.monitor.record(&app.id, |payloads| Activity::ClientEvent {
+            channel: channel.to_string(),
+            event: event.to_owned(),
+            size: data.len(),
+            socket_id: self.conn.socket_id.to_string(),
+            sockets,
+            data: payloads.then(|| data.to_owned()),
+        });
         Ok(())
     }
 

@@ -22,7 +22,47 @@ pub struct Config {
     pub log: LogConfig,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tls: Option<TlsConfig>,
+    pub admin: AdminConfig,
     pub apps: Vec<App>,
+}
+
+/// The admin token that opens the debug console (and the admin API) on the admin port. Off
+/// when neither is set.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminConfig {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub token: Option<String>,
+    /// A file holding the token (a Kubernetes secret mounted as a file).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub token_file: Option<String>,
+}
+
+/// Shortest admin token accepted.
+pub const MIN_ADMIN_TOKEN_LEN: usize = 16;
+
+impl AdminConfig {
+    /// The token: `token`, or the trimmed contents of `token_file`; `None` when the console is
+    /// off.
+    pub fn token(&self) -> Result<Option<String>, String> {
+        let token = match (&self.token, &self.token_file) {
+            (Some(_), Some(_)) => {
+                return Err("admin: set token or token_file, not both".into());
+            }
+            (Some(t), None) => t.clone(),
+            (None, Some(path)) => std::fs::read_to_string(path)
+                .map_err(|e| format!("admin.token_file: cannot read {path}: {e}"))?
+                .trim()
+                .to_owned(),
+            (None, None) => return Ok(None),
+        };
+        if token.len() < MIN_ADMIN_TOKEN_LEN {
+            return Err(format!(
+                "admin.token: at least {MIN_ADMIN_TOKEN_LEN} characters"
+            ));
+        }
+        Ok(Some(token))
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -211,7 +251,7 @@ pub fn figment(file: Option<&Path>) -> Figment {
         Env::prefixed("HERALD_")
             .filter(|key| {
                 let key = key.as_str().to_ascii_lowercase();
-                ["server__", "bus__", "log__", "tls__"]
+                ["server__", "bus__", "log__", "tls__", "admin__"]
                     .iter()
                     .any(|p| key.starts_with(p))
             })
@@ -271,6 +311,7 @@ impl Config {
                 "server.header_timeout and server.body_timeout must be at least 1 second".into(),
             );
         }
+        self.admin.token()?;
         if let Some(id) = &self.server.node_id {
             check_id("server.node_id", id)?;
         }
@@ -381,6 +422,9 @@ impl Config {
             for hook in &mut app.webhooks {
                 hook.url = redact_url(&hook.url);
             }
+        }
+        if copy.admin.token.is_some() {
+            copy.admin.token = Some("<redacted>".into());
         }
         if let Some(url) = &mut copy.bus.url {
             *url = redact_url(url);
@@ -590,7 +634,32 @@ mod tests {
         let mut c = Config::default();
         c.apps.push(App::new("1", "k", "topsecret"));
         c.bus.url = Some("redis://user:pw@host:6379".into());
+        c.admin.token = Some("admin-token-never-logged".into());
         let r = c.redacted();
         assert!(!r.contains("topsecret") && !r.contains("pw@"), "{r}");
+        assert!(!r.contains("admin-token-never-logged"), "{r}");
+    }
+
+    #[test]
+    fn admin_token_from_the_config_or_a_file() {
+        Jail::expect_with(|jail| {
+            jail.create_file("token", "  file-token-0123456789\n")?;
+            jail.create_file("f.toml", "[admin]\ntoken_file = \"token\"\n")?;
+            let c = load(Some(Path::new("f.toml"))).expect("valid");
+            assert_eq!(
+                c.admin.token().expect("ok").as_deref(),
+                Some("file-token-0123456789")
+            );
+            jail.create_file("short.toml", "[admin]\ntoken = \"short\"\n")?;
+            assert!(load(Some(Path::new("short.toml")))
+                .expect_err("too short")
+                .contains("admin.token"));
+            jail.create_file("missing.toml", "[admin]\ntoken_file = \"nope\"\n")?;
+            assert!(load(Some(Path::new("missing.toml")))
+                .expect_err("missing")
+                .contains("admin.token_file"));
+            assert_eq!(Config::default().admin.token(), Ok(None));
+            Ok(())
+        });
     }
 }

@@ -18,6 +18,7 @@
 
 pub mod api;
 pub mod config;
+pub mod console;
 pub mod drain;
 pub mod frames;
 pub mod fuzzing;
@@ -125,13 +126,21 @@ pub async fn run(
         tasks.clone(),
         cancel.clone(),
     );
-    let webhooks = webhooks::start(&config.apps, &tasks);
+    let webhooks = webhooks::start(&config.apps, &tasks, hub.monitor().clone());
     if let Some(w) = &webhooks {
         hub.set_webhooks(w.sink());
     }
     let public_addr = listeners.public_addr()?;
     let admin_addr = listeners.admin_addr()?;
-    let node = Node::new(config, hub);
+    let mut admin_token = config.admin.token().map_err(anyhow::Error::msg)?;
+    if demo && admin_token.is_none() {
+        // The demo opens its console with a fresh token (the admin port is local by default).
+        admin_token = Some(Alphanumeric.sample_string(&mut rand::rng(), 32));
+    }
+    if admin_token.is_none() {
+        tracing::info!("debug console off (set [admin] token or token_file to open it)");
+    }
+    let node = Node::new(config, hub, admin_token);
     metrics::ready(node.readiness().is_ok());
 
     let tls = node.config.tls.as_ref().map(tls::acceptor).transpose()?;
@@ -151,7 +160,12 @@ pub async fn run(
     ));
     tracing::info!(listen = %public_addr, admin = %admin_addr, node_id = %node_id, "herald is listening");
     if demo {
-        print_demo(&node.config.apps[0], public_addr, admin_addr);
+        print_demo(
+            &node.config.apps[0],
+            public_addr,
+            admin_addr,
+            node.admin_token().unwrap_or_default(),
+        );
     }
 
     shutdown.cancelled().await;
@@ -203,7 +217,7 @@ fn redis_bus_config(config: &Config, node_id: &str) -> herald_bus::RedisBusConfi
     cfg
 }
 
-fn print_demo(app: &App, public: std::net::SocketAddr, admin: std::net::SocketAddr) {
+fn print_demo(app: &App, public: std::net::SocketAddr, admin: std::net::SocketAddr, token: &str) {
     let host = public.ip();
     let port = public.port();
     println!(
@@ -212,6 +226,7 @@ Herald is running with a demo app (no apps configured).
 
   WebSocket + HTTP API   http://{public}
   metrics / health       http://{admin}/metrics  /healthz  /readyz
+  debug console          http://{admin}/console#token={token}
   app id                 {id}
   app key                {key}
   app secret             {secret}

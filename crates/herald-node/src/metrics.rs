@@ -171,6 +171,10 @@ fn describe() {
         "Webhook events dropped because a bounded queue was full"
     );
     describe_gauge!("herald_draining", "1 while the node drains");
+    describe_gauge!(
+        "herald_console_feeds",
+        "Debug consoles reading this node's feed"
+    );
     describe_gauge!("herald_runtime_workers", "Tokio worker threads");
     describe_gauge!("herald_runtime_alive_tasks", "Tokio tasks alive");
     describe_gauge!(
@@ -211,6 +215,7 @@ pub fn register_zeroes(apps: &[String], max_connections: u64, in_process_bus: bo
     gauge!("herald_http_connections").set(0.0);
     gauge!("herald_bus_topics").set(0.0);
     gauge!("herald_draining").set(0.0);
+    gauge!("herald_console_feeds").set(0.0);
     counter!("herald_webhooks_sent_total", "outcome" => "delivered").absolute(0);
     counter!("herald_webhooks_dropped_total").absolute(0);
     // Histograms appear with their first sample (the first API request, the first delivery).

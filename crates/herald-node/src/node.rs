@@ -35,6 +35,8 @@ pub struct Node {
     http_connections: AtomicU64,
     /// Cancelled when the node stops accepting connections.
     pub shutdown: CancellationToken,
+    /// Opens the debug console; `None`: the console is off.
+    admin_token: Option<String>,
 }
 
 impl std::fmt::Debug for Node {
@@ -109,7 +111,7 @@ pub enum TcpRefusal {
 }
 
 impl Node {
-    pub fn new(config: Config, hub: Arc<Hub>) -> Arc<Self> {
+    pub fn new(config: Config, hub: Arc<Hub>, admin_token: Option<String>) -> Arc<Self> {
         let rate = config.server.handshakes_per_second;
         let api_limits = config
             .apps
@@ -133,7 +135,12 @@ impl Node {
             per_ip: Mutex::new(HashMap::new()),
             http_connections: AtomicU64::new(0),
             shutdown: CancellationToken::new(),
+            admin_token,
         })
+    }
+
+    pub fn admin_token(&self) -> Option<&str> {
+        self.admin_token.as_deref()
     }
 
     pub fn is_draining(&self) -> bool {

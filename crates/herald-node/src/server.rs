@@ -1,12 +1,12 @@
 //! The public listener (WebSocket at `/app/{key}` and the HTTP API on one port) and the admin
-//! listener (`/metrics`, `/healthz`, `/readyz`).
+//! listener (`/metrics`, `/healthz`, `/readyz`, the debug console).
 
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::Full;
+use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
@@ -19,6 +19,7 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::task::TaskTracker;
 
 use crate::api::{self, json_response, Body};
+use crate::console::{self, AdminBody};
 use crate::node::{IpSlot, Node, TcpRefusal};
 use crate::ws::{self, Handshake};
 
@@ -274,8 +275,11 @@ async fn admin_route(
     node: Arc<Node>,
     prometheus: PrometheusHandle,
     req: Request<Incoming>,
-) -> Result<Response<Body>, Infallible> {
-    Ok(match req.uri().path() {
+) -> Result<Response<AdminBody>, Infallible> {
+    if console::handles(req.uri().path()) {
+        return Ok(console::route(&node, req).await);
+    }
+    let res = match req.uri().path() {
         "/metrics" => {
             crate::metrics::runtime(&tokio::runtime::Handle::current());
             crate::metrics::http_connections(node.http_connections());
@@ -296,7 +300,8 @@ async fn admin_route(
             ),
         },
         _ => text(StatusCode::NOT_FOUND, "Not found\n"),
-    })
+    };
+    Ok(res.map(BodyExt::boxed))
 }
 
 /// Serves the admin endpoints until `cancel` fires.

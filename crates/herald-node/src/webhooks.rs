@@ -12,6 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use herald_hub::monitor::{Activity, Monitor};
 use herald_hub::{WebhookEvent, WebhookSink};
 use http_body_util::Full;
 use hyper::{Request, Uri};
@@ -87,7 +88,7 @@ impl Delivery {
 }
 
 /// Starts delivery when any app has webhooks.
-pub fn start(apps: &[App], tasks: &TaskTracker) -> Option<Delivery> {
+pub fn start(apps: &[App], tasks: &TaskTracker, monitor: Arc<Monitor>) -> Option<Delivery> {
     let targets: HashMap<String, AppTargets> = apps
         .iter()
         .filter(|a| a.has_webhooks())
@@ -119,7 +120,13 @@ pub fn start(apps: &[App], tasks: &TaskTracker) -> Option<Delivery> {
     let (tx, rx) = mpsc::channel(QUEUE);
     let finish = CancellationToken::new();
     let posts = TaskTracker::new();
-    let batcher = tasks.spawn(run(rx, Arc::new(targets), finish.clone(), posts.clone()));
+    let posting = Posting {
+        deliveries: Arc::new(Semaphore::new(MAX_DELIVERIES)),
+        tls: tls_connector(),
+        posts: posts.clone(),
+        monitor,
+    };
+    let batcher = tasks.spawn(run(rx, Arc::new(targets), finish.clone(), posting));
     Some(Delivery {
         sink: Arc::new(Webhooks { tx }),
         finish,
@@ -152,13 +159,11 @@ async fn run(
     mut rx: mpsc::Receiver<(String, WebhookEvent)>,
     apps: Arc<HashMap<String, AppTargets>>,
     finish: CancellationToken,
-    posts: TaskTracker,
+    posting: Posting,
 ) {
     let mut delayed: Vec<(Instant, String, WebhookEvent)> = Vec::new();
     let mut batches: HashMap<String, Vec<WebhookEvent>> = HashMap::new();
     let mut misses: HashMap<(String, String), Instant> = HashMap::new();
-    let deliveries = Arc::new(Semaphore::new(MAX_DELIVERIES));
-    let tls = tls_connector();
     let mut tick = tokio::time::interval(FLUSH_EVERY);
     loop {
         tokio::select! {
@@ -166,7 +171,7 @@ async fn run(
                 let Some((app, event)) = next else { return };
                 queue(app, event, &mut delayed, &mut batches, &mut misses);
                 if batches.values().any(|b| b.len() >= MAX_BATCH) {
-                    flush(&mut batches, &apps, &deliveries, &tls, &posts);
+                    flush(&mut batches, &apps, &posting);
                 }
             }
             _ = tick.tick() => {
@@ -177,7 +182,7 @@ async fn run(
                     batches.entry(app).or_default().push(event);
                 }
                 misses.retain(|_, at| at.elapsed() < CACHE_MISS_EVERY);
-                flush(&mut batches, &apps, &deliveries, &tls, &posts);
+                flush(&mut batches, &apps, &posting);
             }
             _ = finish.cancelled() => {
                 // Shutting down: what is queued goes now, delayed events included (the
@@ -188,7 +193,7 @@ async fn run(
                 for (_, app, event) in delayed.drain(..) {
                     batches.entry(app).or_default().push(event);
                 }
-                flush(&mut batches, &apps, &deliveries, &tls, &posts);
+                flush(&mut batches, &apps, &posting);
                 return;
             }
         }
@@ -238,38 +243,66 @@ fn queue(
     }
 }
 
+/// What sending batches needs: the bound on deliveries in flight, the TLS client, the
+/// tasks to wait for on shutdown, and the console's monitor (each outcome is shown there).
+struct Posting {
+    deliveries: Arc<Semaphore>,
+    tls: TlsConnector,
+    posts: TaskTracker,
+    monitor: Arc<Monitor>,
+}
+
+/// Shows a batch's outcome on the consoles watching its app.
+fn show(monitor: &Monitor, app_id: &str, events: &[(&'static str, String)], outcome: &str, status: Option<u16>) {
+    for (event, channel) in events {
+        monitor.record(app_id, |_| Activity::Webhook {
+            event: (*event).to_owned(),
+            channel: channel.clone(),
+            outcome: outcome.to_owned(),
+            status,
+        });
+    }
+}
+
 fn flush(
     batches: &mut HashMap<String, Vec<WebhookEvent>>,
     apps: &Arc<HashMap<String, AppTargets>>,
-    deliveries: &Arc<Semaphore>,
-    tls: &TlsConnector,
-    posts: &TaskTracker,
+    posting: &Posting,
 ) {
     for (app_id, events) in batches.drain() {
         let Some(app) = apps.get(&app_id) else {
             continue;
         };
         for (i, target) in app.targets.iter().enumerate() {
-            let chosen: Vec<Value> = events
+            let chosen: Vec<&WebhookEvent> = events
                 .iter()
                 .filter(|e| target.events.is_empty() || target.events.contains(e.name()))
-                .map(WebhookEvent::to_json)
                 .collect();
+            let shown: Vec<(&'static str, String)> = chosen
+                .iter()
+                .map(|e| (e.name(), e.channel().to_owned()))
+                .collect();
+            let chosen: Vec<Value> = chosen.into_iter().map(WebhookEvent::to_json).collect();
             if chosen.is_empty() {
                 continue;
             }
             let time_ms = herald_hub::clock::now_ms();
             let body = Bytes::from(json!({ "time_ms": time_ms, "events": chosen }).to_string());
             let signature = herald_protocol::signature::sign(&app.secret, &body);
-            let Ok(permit) = deliveries.clone().try_acquire_owned() else {
+            let Ok(permit) = posting.deliveries.clone().try_acquire_owned() else {
                 metrics::counter!("herald_webhooks_dropped_total").increment(chosen.len() as u64);
+                show(&posting.monitor, &app_id, &shown, "dropped", None);
                 tracing::warn!(app = %app_id, "too many webhook deliveries in flight; batch dropped");
                 continue;
             };
-            let (apps, app_id, tls) = (apps.clone(), app_id.clone(), tls.clone());
-            posts.spawn(async move {
+            let (apps, app_id, tls) = (apps.clone(), app_id.clone(), posting.tls.clone());
+            let monitor = posting.monitor.clone();
+            posting.posts.spawn(async move {
                 let _permit = permit;
                 let Some(app) = apps.get(&app_id) else { return };
+                let report = |outcome: &str, status: Option<u16>| {
+                    show(&monitor, &app_id, &shown, outcome, status)
+                };
                 deliver(
                     &app_id,
                     &app.targets[i].uri,
@@ -277,6 +310,7 @@ fn flush(
                     &signature,
                     body,
                     &tls,
+                    report,
                 )
                 .await;
             });
@@ -292,6 +326,7 @@ async fn deliver(
     signature: &str,
     body: Bytes,
     tls: &TlsConnector,
+    report: impl Fn(&str, Option<u16>),
 ) {
     let started = Instant::now();
     let mut backoff = Duration::from_secs(1);
@@ -300,15 +335,21 @@ async fn deliver(
             Ok(status) if (200..300).contains(&status) => {
                 metrics::counter!("herald_webhooks_sent_total", "outcome" => "delivered")
                     .increment(1);
+                report("delivered", Some(status));
                 return;
             }
-            Ok(status) => tracing::warn!(app = %app_id, status, "webhook refused; will retry"),
+            Ok(status) => {
+                tracing::warn!(app = %app_id, status, "webhook refused; will retry");
+                report("refused", Some(status));
+            }
             Err(e) => {
-                tracing::warn!(app = %app_id, error = %e, "webhook delivery failed; will retry")
+                tracing::warn!(app = %app_id, error = %e, "webhook delivery failed; will retry");
+                report("failed", None);
             }
         }
         if started.elapsed() + backoff > RETRY_FOR {
             metrics::counter!("herald_webhooks_sent_total", "outcome" => "gave_up").increment(1);
+            report("gave_up", None);
             tracing::error!(app = %app_id, "webhook batch dropped after retrying for 5 minutes");
             return;
         }

@@ -71,6 +71,14 @@ app.kubernetes.io/part-of: herald
 {{- end }}
 {{- end }}
 
+{{- define "herald.consoleSecretName" -}}
+{{- if .Values.console.existingSecret }}
+{{- .Values.console.existingSecret }}
+{{- else }}
+{{- printf "%s-console" (include "herald.fullname" .) | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+
 {{- define "herald.redisName" -}}
 {{- printf "%s-redis" (include "herald.fullname" .) | trunc 63 | trimSuffix "-" }}
 {{- end }}

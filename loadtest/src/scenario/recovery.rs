@@ -42,7 +42,8 @@ pub async fn run(
     missed: u64,
     timeout_s: u64,
 ) -> Result<Report> {
-    let params = serde_json::json!({ "connections": connections, "channels": channels, "missed": missed });
+    let params =
+        serde_json::json!({ "connections": connections, "channels": channels, "missed": missed });
     let mut report = Report::new("recovery", &ctx.label, params);
     let run_id = now_us() % 1_000_000;
     let channel_of = |i: usize| format!("recovery-{run_id}-{}", i % channels.max(1));

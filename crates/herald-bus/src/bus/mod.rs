@@ -13,6 +13,7 @@
 //!
 //! Every background loop runs on one task tracker and stops with one cancellation token.
 
+mod console;
 mod counts;
 mod lease;
 mod presence;
@@ -23,6 +24,7 @@ mod state;
 mod topics;
 mod topology;
 
+use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
@@ -33,7 +35,7 @@ use fred::clients::SubscriberClient;
 use fred::prelude::*;
 use herald_hub::{
     Broker, BusError, BusMessage, BusSink, CachePut, ChannelStats, ClusterState, History,
-    HistoryRule, PresenceJoin, PublishError,
+    HistoryRule, NodeReport, PresenceJoin, PublishError,
 };
 use herald_protocol::presence::Member;
 use herald_protocol::server::Position;
@@ -151,6 +153,9 @@ impl RedisBus {
         topics::subscribe_for_life(&shared, shared.keys.alive(&shared.cfg.node_id))
             .await
             .map_err(state::unavailable)?;
+        topics::subscribe_for_life(&shared, shared.keys.console_topic())
+            .await
+            .map_err(state::unavailable)?;
         lease::renew(&shared).await.map_err(state::unavailable)?;
         *shared.gate.handled_owners.write() =
             topology::slot_owners(shared.client.cached_cluster_state());
@@ -179,6 +184,7 @@ impl RedisBus {
 async fn receive_loop(inner: Arc<Shared>) {
     let mut rx = inner.subscriber.message_rx();
     let alive = inner.keys.alive(&inner.cfg.node_id);
+    let console_topic = inner.keys.console_topic();
     loop {
         let received = tokio::select! {
             r = rx.recv() => r,
@@ -188,6 +194,12 @@ async fn receive_loop(inner: Arc<Shared>) {
             Ok(message) => {
                 if *message.channel == *alive {
                     continue; // another node's liveness probe
+                }
+                if *message.channel == *console_topic {
+                    if let (Some(sink), Some(bytes)) = (inner.sink.get(), message.value.into_bytes()) {
+                        sink.console(bytes);
+                    }
+                    continue;
                 }
                 let Some(bytes) = message.value.into_bytes() else {
                     continue;
@@ -261,6 +273,22 @@ impl Broker for RedisBus {
                 .readiness()
                 .and(Err("cluster bus not ready".into()))
         }
+    }
+
+    async fn console_publish(&self, records: Bytes) {
+        console::publish(&self.shared, records).await;
+    }
+
+    async fn console_watch(&self, here: &[(String, bool)]) -> HashMap<String, bool> {
+        console::watch(&self.shared, here).await
+    }
+
+    async fn nodes(&self) -> Vec<NodeReport> {
+        console::nodes(&self.shared).await
+    }
+
+    async fn report(&self, report: &NodeReport) {
+        console::report(&self.shared, report).await;
     }
 
     async fn shutdown(&self) {
