@@ -18,7 +18,8 @@
 #
 # Herald-only scenarios (not in the default set): fanout-history and cluster-history (fanout
 # and cluster with every channel keeping history), recovery (5,000 clients of 100 history
-# channels on a Redis-backed node drop, miss 20 events each, and resume at once).
+# channels on a Redis-backed node drop, miss 20 events each, and resume at once), fanout-console
+# (fanout with a debug console reading the app's feed, payloads on, for the whole run).
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 peers="$root/loadtest/peers"
@@ -98,6 +99,9 @@ id = "app-id"
 key = "app-key"
 secret = "app-secret"
 TOML
+      if [[ -n "${CONSOLE_FEED:-}" ]]; then
+        printf '\n[admin]\ntoken = "bench-console-token"\n' >>"$conf"
+      fi
       if [[ -n "${HISTORY_PREFIX+set}" ]]; then
         printf '\n[[apps.history]]\nprefix = "%s"\nsize = 100\nttl = 300\n' "$HISTORY_PREFIX" >>"$conf"
       fi
@@ -138,8 +142,16 @@ single() {
   local name="$1" server="$2"; shift 2
   port=$((port + 2))
   start "$server" "$port"
-  local pid=$PID
+  local pid=$PID feed=""
+  if [[ -n "${CONSOLE_FEED:-}" ]]; then
+    # A console reading every record with payloads, as the page does (its CPU is not counted).
+    curl -sN -H "Authorization: Bearer bench-console-token" \
+      "http://127.0.0.1:$((port + 1000))/console/api/feed?app=app-id&payloads=1" >"$out/$name-feed.txt" &
+    feed=$!
+    sleep 0.5
+  fi
   loadtest "$name" "$server" "$@" --url "ws://127.0.0.1:$port" --server-pid "$pid"
+  [[ -n "$feed" ]] && { kill "$feed" 2>/dev/null || true; echo "   console records read: $(grep -c '^data:' "$out/$name-feed.txt")" >&2; }
   stop "$pid"
 }
 
@@ -220,6 +232,7 @@ for scenario in $scenarios; do
     case "$scenario" in
       idle) single idle "$server" idle --connections "$n" --hold 3 ;;
       fanout) single fanout "$server" fanout --connections "$n" --rate 10 --messages 100 ;;
+      fanout-console) herald_only "$scenario" "$server" && CONSOLE_FEED=1 single fanout-console "$server" fanout --connections "$n" --rate 10 --messages 100 ;;
       fanout-history) herald_only "$scenario" "$server" && HISTORY_PREFIX="" single fanout-history "$server" fanout --connections "$n" --rate 10 --messages 100 ;;
       cluster-history) herald_only "$scenario" "$server" && HISTORY_PREFIX="" cluster "$server" cluster-history ;;
       recovery) herald_only "$scenario" "$server" && recovery "$server" ;;

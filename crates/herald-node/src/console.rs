@@ -192,8 +192,9 @@ async fn members(node: &Node, req: &Request<Incoming>) -> Response<AdminBody> {
     }
 }
 
-/// Publishes a test event through the same path as the HTTP API's triggers (validation,
-/// limits, cache, history, webhooks), authorised by the admin token.
+/// Publishes a test event through the HTTP API's path once a request is authenticated (the
+/// app's API rate limit, the trigger's validation and limits, cache, history, webhooks); the
+/// admin token stands in for the app's signature.
 async fn publish(node: &Node, req: Request<Incoming>) -> Response<AdminBody> {
     let body = match Limited::new(req.into_body(), 64 * 1024).collect().await {
         Ok(b) => b.to_bytes(),
@@ -210,6 +211,16 @@ async fn publish(node: &Node, req: Request<Incoming>) -> Response<AdminBody> {
     else {
         return error(StatusCode::NOT_FOUND, "Unknown app id");
     };
+    // The app's API rate limit applies as to any other publisher.
+    if !node.take_api_token(&app.id) {
+        return error(
+            StatusCode::TOO_MANY_REQUESTS,
+            &format!(
+                "Too many requests: app {} is limited to {} API requests per second",
+                app.id, app.api_requests_per_second
+            ),
+        );
+    }
     let trigger = json!({ "name": v["event"], "channel": v["channel"], "data": v["data"] });
     let publish = match herald_protocol::api::parse_trigger(
         trigger.to_string().as_bytes(),
