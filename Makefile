@@ -3,11 +3,11 @@ CARGO ?= cargo
 JOBS ?= 2
 HERALD_BIN := target/debug/herald
 
-.PHONY: help deps build release run test test-rust test-conformance test-js test-python check-deploy lint fmt cluster bench fuzz clean
+.PHONY: help deps build release run test test-rust test-conformance test-js test-console test-python check-deploy lint fmt cluster bench fuzz clean
 
 help:
 	@echo "make run            build and start one node (in-process bus, demo app)"
-	@echo "make test           every test: Rust unit/e2e/cluster, pusher-js conformance, the JS plugin, deploy checks"
+	@echo "make test           every test: Rust unit/e2e/cluster, pusher-js conformance, the JS plugin, the console in Chromium, deploy checks"
 	@echo "make lint           rustfmt --check and clippy -D warnings"
 	@echo "make cluster        a local Redis and three nodes"
 	@echo "make bench          the standard benchmark set (loadtest/)"
@@ -23,7 +23,7 @@ release:
 run: build
 	$(HERALD_BIN) $(if $(CONFIG),--config $(CONFIG),)
 
-test: deps test-rust test-conformance test-js test-python check-deploy
+test: deps test-rust test-conformance test-js test-console test-python check-deploy
 
 # What the tests need beyond the Rust toolchain (redis-server, Node, Python venv, kubectl):
 # installed when missing (apt, as root), else named.
@@ -39,6 +39,10 @@ test-conformance: build deps
 # The herald-recovery plugin (clients/js) with real pusher-js and laravel-echo against the binary.
 test-js: build deps
 	cd clients/js && npm ci --no-audit --no-fund --loglevel=error && HERALD_BIN=$(CURDIR)/$(HERALD_BIN) npm test
+
+# The debug console page in a headless Chromium (playwright-core, /usr/bin/chromium) against the binary.
+test-console: build deps
+	cd tests/console && npm ci --no-audit --no-fund --loglevel=error && HERALD_BIN=$(CURDIR)/$(HERALD_BIN) npm test
 
 test-python: build
 	HERALD_BIN=$(CURDIR)/$(HERALD_BIN) tests/python/run.sh

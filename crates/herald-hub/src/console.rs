@@ -1,6 +1,7 @@
 //! The hub's side of the debug console in a cluster: the records of apps watched on other
-//! nodes go out in batches every 200 ms; every 2 s the node says which apps its consoles watch
-//! and learns which the others watch, and reports itself for the console's list of nodes.
+//! nodes go out in batches every 200 ms; every 2 s (and at once when a console here starts
+//! watching an app, with a notice that makes the others read too) the node says which apps its
+//! consoles watch and learns which the others watch, and reports itself for the list of nodes.
 
 use std::collections::HashMap;
 use std::sync::Weak;
@@ -17,12 +18,17 @@ const BATCH_EVERY: Duration = Duration::from_millis(200);
 const WATCH_EVERY: Duration = Duration::from_secs(2);
 
 pub(crate) async fn console_loop(hub: Weak<Hub>, cancel: CancellationToken) {
+    let Some(monitor) = hub.upgrade().map(|h| h.monitor.clone()) else {
+        return;
+    };
     let mut batch = tokio::time::interval(BATCH_EVERY);
     let mut watch = tokio::time::interval(WATCH_EVERY);
     loop {
-        let refresh = tokio::select! {
-            _ = batch.tick() => false,
-            _ = watch.tick() => true,
+        let (refresh, announce) = tokio::select! {
+            _ = batch.tick() => (false, false),
+            _ = watch.tick() => (true, false),
+            _ = monitor.announce.notified() => (true, true),
+            _ = monitor.reread.notified() => (true, false),
             _ = cancel.cancelled() => return,
         };
         let Some(hub) = hub.upgrade() else { return };
@@ -36,8 +42,26 @@ pub(crate) async fn console_loop(hub: Weak<Hub>, cancel: CancellationToken) {
                 .console_watch(&hub.monitor.watched_here())
                 .await;
             hub.monitor.set_watched_elsewhere(elsewhere);
+            if announce {
+                hub.broker
+                    .console_publish(Bytes::from_static(WATCH_NOTICE))
+                    .await;
+            }
             hub.broker.report(&hub.node_report()).await;
         }
+    }
+}
+
+/// Sent alone on the console topic when a node's consoles start watching something: the other
+/// nodes read the watch list at once.
+pub(crate) const WATCH_NOTICE: &[u8] = b"{\"watch\":\"changed\"}\n";
+
+/// What arrived on the console topic: a watch notice, or records.
+pub(crate) fn receive(monitor: &crate::monitor::Monitor, message: &[u8]) {
+    if message == WATCH_NOTICE {
+        monitor.reread.notify_one();
+    } else {
+        monitor.inject(decode(message));
     }
 }
 

@@ -20,14 +20,12 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::app::{App, Apps, HistoryRule};
-use crate::cluster::{
-    Broker, BusMessage, BusPayload, BusSink, Cluster, ClusterState, PublishError,
-};
+use crate::cluster::{Broker, BusMessage, BusPayload, Cluster, ClusterState, PublishError};
 use crate::connection::{Connection, Framed};
 use crate::counts::CountNotices;
 use crate::history::{Admit, StreamState};
 use crate::metrics;
-use crate::monitor::{Activity, Monitor};
+use crate::monitor::Monitor;
 use crate::outbox::Pushed;
 use crate::webhook::{WebhookEvent, WebhookSink};
 
@@ -70,8 +68,8 @@ pub struct Hub {
     node_id: Arc<str>,
     /// This process's tag on bus messages: the node id plus a random suffix, so two processes
     /// that were (wrongly) given one node id still deliver each other's messages.
-    origin: Arc<str>,
-    apps: Apps,
+    pub(crate) origin: Arc<str>,
+    pub(crate) apps: Apps,
     state: HashMap<String, AppState>,
     pub(crate) broker: Arc<dyn Broker>,
     pub(crate) cluster: Arc<dyn ClusterState>,
@@ -553,90 +551,9 @@ impl Hub {
     }
 }
 
-impl BusSink for Hub {
-    fn deliver(&self, msg: BusMessage) {
-        if msg.origin == self.origin {
-            return; // delivered locally when it was published
-        }
-        match &msg.payload {
-            BusPayload::Frame(frame) => {
-                let n = self.deliver_local(
-                    &msg.app_id,
-                    &msg.channel,
-                    frame,
-                    msg.exclude,
-                    msg.published_at_us,
-                    msg.position.as_ref(),
-                );
-                metrics::sent_events(n as u64);
-                // Herald's own notices (member_added, counts) are not shown as events.
-                if !frame.starts_with(br#"{"event":"pusher"#) {
-                    self.monitor.record(&msg.app_id, |payloads| {
-                        delivered(&msg.channel, frame, n, payloads)
-                    });
-                }
-            }
-            BusPayload::TerminateUser => {
-                self.close_subscribers(
-                    &msg.app_id,
-                    &msg.channel,
-                    ErrorCode::ReconnectImmediately,
-                    TERMINATED,
-                );
-            }
-        }
-    }
-
-    fn channel_occupancy(&self, app_id: &str, channel: &ChannelName, occupied: bool) {
-        let channel = channel.to_string();
-        let event = if occupied {
-            WebhookEvent::ChannelOccupied { channel }
-        } else {
-            WebhookEvent::ChannelVacated { channel }
-        };
-        self.webhook(app_id, event);
-    }
-
-    fn members_departed(&self, app_id: &str, channel: &ChannelName, user_ids: Vec<String>) {
-        let Some(hub) = self.me() else { return };
-        let Some(app) = self.apps.by_id(app_id).cloned() else {
-            return;
-        };
-        let channel = channel.clone();
-        hub.clone().spawn(async move {
-            for user_id in user_ids {
-                hub.announce_departure(&app, &channel, &user_id).await;
-            }
-        });
-    }
-
-    fn members_returned(&self, app_id: &str, channel: &ChannelName, members: Vec<Member>) {
-        let Some(hub) = self.me() else { return };
-        let Some(app) = self.apps.by_id(app_id).cloned() else {
-            return;
-        };
-        let channel = channel.clone();
-        hub.clone().spawn(async move {
-            for member in members {
-                hub.announce_arrival(&app, &channel, &member, None).await;
-            }
-        });
-    }
-
-    fn console(&self, records: Bytes) {
-        self.monitor.inject(crate::console::decode(&records));
-    }
-
-    fn subscriptions_restored(&self) {
-        if let Some(hub) = self.me() {
-            hub.clone().spawn(async move { hub.catch_up_all().await });
-        }
-    }
-}
-
 impl Hub {
     /// The hub's own `Arc`, for callbacks that start work.
-    fn me(&self) -> Option<Arc<Hub>> {
+    pub(crate) fn me(&self) -> Option<Arc<Hub>> {
         self.me.upgrade()
     }
 }
@@ -678,38 +595,4 @@ pub(crate) fn push_framed(
         }
     }
     delivered
-}
-
-/// A console record of an event another node published, as delivered here: an API event, or a
-/// client event (named `client-…`).
-fn delivered(channel: &ChannelName, frame: &Bytes, sockets: usize, payloads: bool) -> Activity {
-    #[derive(serde::Deserialize)]
-    struct Event {
-        event: String,
-        #[serde(default)]
-        data: String,
-    }
-    let e = serde_json::from_slice::<Event>(frame).unwrap_or(Event {
-        event: String::new(),
-        data: String::new(),
-    });
-    let data = payloads.then(|| e.data.clone());
-    if e.event.starts_with("client-") {
-        Activity::ClientEvent {
-            channel: channel.to_string(),
-            event: e.event,
-            size: e.data.len(),
-            socket_id: String::new(),
-            sockets,
-            data,
-        }
-    } else {
-        Activity::ApiEvent {
-            channel: channel.to_string(),
-            event: e.event,
-            size: e.data.len(),
-            sockets,
-            data,
-        }
-    }
 }

@@ -28,6 +28,7 @@ pub mod operations;
 pub mod outbox;
 pub mod rate;
 pub mod session;
+mod sink;
 pub mod webhook;
 
 pub use app::{App, Apps, HistoryRule};

@@ -120,6 +120,11 @@ pub struct Monitor {
     dropped: AtomicU64,
     /// Records for the consoles of other nodes, taken in batches by the hub.
     outgoing: Mutex<Vec<Record>>,
+    /// A console here started watching an app (or asked for its payloads): the other nodes
+    /// are told at once rather than at their next refresh.
+    pub(crate) announce: tokio::sync::Notify,
+    /// Another node announced a change: read the watch list now.
+    pub(crate) reread: tokio::sync::Notify,
 }
 
 impl std::fmt::Debug for Monitor {
@@ -162,6 +167,8 @@ impl Monitor {
             rate: Mutex::new(TokenBucket::new(CONSOLE_RATE)),
             dropped: AtomicU64::new(0),
             outgoing: Mutex::new(Vec::new()),
+            announce: tokio::sync::Notify::new(),
+            reread: tokio::sync::Notify::new(),
         })
     }
 
@@ -173,13 +180,18 @@ impl Monitor {
     /// A console on this node starts watching `app`.
     pub fn watch(self: &Arc<Self>, app: &str, payloads: bool) -> Watching {
         let records = self.tx.subscribe();
-        {
+        let news = {
             let mut local = self.local.lock();
             let w = local.entry(app.to_owned()).or_default();
+            let news = w.consoles == 0 || (payloads && w.payloads == 0);
             w.consoles += 1;
             w.payloads += usize::from(payloads);
-        }
+            news
+        };
         self.any.store(true, Ordering::Release);
+        if news {
+            self.announce.notify_one();
+        }
         Watching {
             monitor: self.clone(),
             app: app.to_owned(),
@@ -242,10 +254,14 @@ impl Monitor {
         let _ = self.tx.send(Arc::new(record));
     }
 
-    /// Records from another node, for the consoles here.
+    /// Records from other nodes, for the consoles here (this node's own, which come back on
+    /// the same topic, were shown when they were made).
     pub fn inject(&self, records: Vec<Record>) {
         let local = self.local.lock();
         for r in records {
+            if r.node == self.node {
+                continue;
+            }
             if local.contains_key(&r.app) || matches!(r.activity, Activity::Dropped { .. }) {
                 let _ = self.tx.send(Arc::new(r));
             }
@@ -349,5 +365,32 @@ mod tests {
         }
         assert_eq!(kept, CONSOLE_RATE as u64);
         assert_eq!(dropped, 50);
+    }
+
+    #[tokio::test]
+    async fn records_of_this_node_coming_back_are_not_shown_twice() {
+        let m = Monitor::new("n1");
+        let mut w = m.watch("a", false);
+        let record = |node: &str| Record {
+            time: 1,
+            node: node.into(),
+            app: "a".into(),
+            activity: opened(1),
+        };
+        m.inject(vec![record("n1"), record("n2")]);
+        assert_eq!(w.records.try_recv().expect("n2's record").node, "n2");
+        assert!(w.records.try_recv().is_err(), "n1's own record came back and was shown");
+    }
+
+    #[tokio::test]
+    async fn a_new_watch_is_announced_once() {
+        let m = Monitor::new("n1");
+        let _a = m.watch("a", false);
+        m.announce.notified().await;
+        let _b = m.watch("a", false);
+        let again = tokio::time::timeout(std::time::Duration::from_millis(50), m.announce.notified());
+        assert!(again.await.is_err(), "a second console of a watched app is no news");
+        let _c = m.watch("a", true);
+        m.announce.notified().await;
     }
 }

@@ -161,12 +161,14 @@ impl Session {
             tracing::info!(app = %self.conn.app.id, socket_id = %self.conn.socket_id, "subscription refused: invalid signature");
         }
         let message = e.to_string();
-        self.hub.monitor.record(&self.conn.app.id, |_| Activity::SubscriptionRefused {
-            socket_id: self.conn.socket_id.to_string(),
-            channel: channel.to_string(),
-            reason: message.clone(),
-            status: e.subscription_error().map_or(400, |(_, status)| status),
-        });
+        self.hub
+            .monitor
+            .record(&self.conn.app.id, |_| Activity::SubscriptionRefused {
+                socket_id: self.conn.socket_id.to_string(),
+                channel: channel.to_string(),
+                reason: message.clone(),
+                status: e.subscription_error().map_or(400, |(_, status)| status),
+            });
         self.conn.send_error(e.ws_code(), &message);
         if let Some((kind, status)) = e.subscription_error() {
             self.conn.send(server::subscription_error(
@@ -386,10 +388,12 @@ impl Session {
         }
         if let Some(sub) = self.subscriptions.remove(channel) {
             self.leave(channel, sub).await;
-            self.hub.monitor.record(&self.conn.app.id, |_| Activity::Unsubscribed {
-                socket_id: self.conn.socket_id.to_string(),
-                channel: channel.to_string(),
-            });
+            self.hub
+                .monitor
+                .record(&self.conn.app.id, |_| Activity::Unsubscribed {
+                    socket_id: self.conn.socket_id.to_string(),
+                    channel: channel.to_string(),
+                });
         }
     }
 
@@ -609,14 +613,16 @@ impl Session {
             Ok(n) => n,
             Err(e) => return reject(format!("the cluster bus is unavailable ({e})")),
         };
-        self.hub.monitor.record(&app.id, |payloads| Activity::ClientEvent {
-            channel: channel.to_string(),
-            event: event.to_owned(),
-            size: data.len(),
-            socket_id: self.conn.socket_id.to_string(),
-            sockets,
-            data: payloads.then(|| data.to_owned()),
-        });
+        self.hub
+            .monitor
+            .record(&app.id, |payloads| Activity::ClientEvent {
+                channel: channel.to_string(),
+                event: event.to_owned(),
+                size: data.len(),
+                socket_id: self.conn.socket_id.to_string(),
+                sockets,
+                data: payloads.then(|| data.to_owned()),
+            });
         Ok(())
     }
 

@@ -29,7 +29,11 @@ const PAGE: &str = include_str!("console/index.html");
 const CONSOLE_QUEUE: usize = 256;
 const KEEP_ALIVE: Duration = Duration::from_secs(15);
 
-fn full(status: StatusCode, content_type: &'static str, body: impl Into<Bytes>) -> Response<AdminBody> {
+fn full(
+    status: StatusCode,
+    content_type: &'static str,
+    body: impl Into<Bytes>,
+) -> Response<AdminBody> {
     let mut res = Response::new(Full::new(body.into()).boxed());
     *res.status_mut() = status;
     res.headers_mut().insert(
@@ -51,7 +55,10 @@ fn error(status: StatusCode, message: &str) -> Response<AdminBody> {
 fn same_token(given: &str, expected: &str) -> bool {
     let a = herald_protocol::signature::sign("herald-admin", given.as_bytes());
     let b = herald_protocol::signature::sign("herald-admin", expected.as_bytes());
-    a.bytes().zip(b.bytes()).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    a.bytes()
+        .zip(b.bytes())
+        .fold(0u8, |acc, (x, y)| acc | (x ^ y))
+        == 0
 }
 
 /// Whether the request carries the admin token.
@@ -102,17 +109,21 @@ pub async fn route(node: &Arc<Node>, req: Request<Incoming>) -> Response<AdminBo
         (Method::GET, "/console/api/stats") => stats(node, &req).await,
         (Method::GET, "/console/api/members") => members(node, &req).await,
         (Method::POST, "/console/api/publish") => publish(node, req).await,
-        _ => error(StatusCode::NOT_FOUND, &format!("No console endpoint at {path}")),
+        _ => error(
+            StatusCode::NOT_FOUND,
+            &format!("No console endpoint at {path}"),
+        ),
     }
 }
 
-fn app_of(node: &Node, req: &Request<Incoming>) -> Result<Arc<herald_hub::App>, Response<AdminBody>> {
+/// The app named by `?app=`, or the 404 to answer.
+fn app_of(node: &Node, req: &Request<Incoming>) -> Result<Arc<herald_hub::App>, String> {
     let id = param(req, "app").unwrap_or_default();
     node.hub
         .apps()
         .by_id(&id)
         .cloned()
-        .ok_or_else(|| error(StatusCode::NOT_FOUND, &format!("Unknown app id {id:?}")))
+        .ok_or_else(|| format!("Unknown app id {id:?}"))
 }
 
 fn apps(node: &Node) -> Response<AdminBody> {
@@ -132,7 +143,7 @@ fn apps(node: &Node) -> Response<AdminBody> {
 async fn stats(node: &Node, req: &Request<Incoming>) -> Response<AdminBody> {
     let app = match app_of(node, req) {
         Ok(a) => a,
-        Err(e) => return e,
+        Err(e) => return error(StatusCode::NOT_FOUND, &e),
     };
     let reports = node.hub.node_reports().await;
     let connections: u64 = reports
@@ -166,7 +177,7 @@ async fn stats(node: &Node, req: &Request<Incoming>) -> Response<AdminBody> {
 async fn members(node: &Node, req: &Request<Incoming>) -> Response<AdminBody> {
     let app = match app_of(node, req) {
         Ok(a) => a,
-        Err(e) => return e,
+        Err(e) => return error(StatusCode::NOT_FOUND, &e),
     };
     let name = param(req, "channel").unwrap_or_default();
     let channel = match herald_protocol::ChannelName::parse(&name) {
@@ -263,7 +274,7 @@ impl hyper::body::Body for Stream {
 fn feed(node: &Arc<Node>, req: &Request<Incoming>) -> Response<AdminBody> {
     let app = match app_of(node, req) {
         Ok(a) => a,
-        Err(e) => return e,
+        Err(e) => return error(StatusCode::NOT_FOUND, &e),
     };
     let payloads = param(req, "payloads").as_deref() == Some("1");
     let (tx, rx) = mpsc::channel::<Bytes>(CONSOLE_QUEUE);

@@ -253,7 +253,13 @@ struct Posting {
 }
 
 /// Shows a batch's outcome on the consoles watching its app.
-fn show(monitor: &Monitor, app_id: &str, events: &[(&'static str, String)], outcome: &str, status: Option<u16>) {
+fn show(
+    monitor: &Monitor,
+    app_id: &str,
+    events: &[(&'static str, String)],
+    outcome: &str,
+    status: Option<u16>,
+) {
     for (event, channel) in events {
         monitor.record(app_id, |_| Activity::Webhook {
             event: (*event).to_owned(),

@@ -116,10 +116,12 @@ pub async fn serve(
     let conn = node.hub.connect(socket_id, app.clone());
     slot.admitted(&app.id);
     tracing::info!(app = %app.id, %socket_id, "connection opened");
-    node.hub.monitor().record(&app.id, |_| Activity::ConnectionOpened {
-        socket_id: socket_id.to_string(),
-        origin: hs.origin.clone(),
-    });
+    node.hub
+        .monitor()
+        .record(&app.id, |_| Activity::ConnectionOpened {
+            socket_id: socket_id.to_string(),
+            origin: hs.origin.clone(),
+        });
     let session = Session::start(
         node.hub.clone(),
         conn.clone(),
@@ -133,13 +135,15 @@ pub async fn serve(
     Box::pin(session.close()).await;
     metrics::closed(&app.id, close.as_ref().map(|c| c.code));
     let seconds = started.elapsed().as_secs();
-    node.hub.monitor().record(&app.id, |_| Activity::ConnectionClosed {
-        socket_id: socket_id.to_string(),
-        code: close.as_ref().map(|c| c.code),
-        reason: close
-            .as_ref()
-            .map_or_else(|| "connection lost".to_owned(), |c| c.message.to_string()),
-    });
+    node.hub
+        .monitor()
+        .record(&app.id, |_| Activity::ConnectionClosed {
+            socket_id: socket_id.to_string(),
+            code: close.as_ref().map(|c| c.code),
+            reason: close
+                .as_ref()
+                .map_or_else(|| "connection lost".to_owned(), |c| c.message.to_string()),
+        });
     match close {
         Some(c) if c.code >= 4000 => {
             tracing::info!(app = %app.id, %socket_id, code = c.code, reason = %c.message, seconds, "connection closed by the server")

@@ -16,8 +16,8 @@ use http_body_util::{BodyExt, Full};
 use hyper::Request;
 use hyper_util::rt::TokioIo;
 use serde_json::{json, Value};
-use tokio::net::TcpStream;
 use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 
 const TOKEN: &str = "console-token-for-tests";
@@ -27,7 +27,13 @@ fn admin(token: &str) -> String {
 }
 
 /// A request to the admin port with the console token (or `token`).
-async fn call(port: u16, method: &str, path: &str, token: Option<&str>, body: &str) -> (u16, Value) {
+async fn call(
+    port: u16,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: &str,
+) -> (u16, Value) {
     let stream = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
@@ -47,7 +53,10 @@ async fn call(port: u16, method: &str, path: &str, token: Option<&str>, body: &s
     let status = res.status().as_u16();
     let bytes = res.into_body().collect().await.unwrap().to_bytes();
     let text = String::from_utf8_lossy(&bytes).into_owned();
-    (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+    (
+        status,
+        serde_json::from_str(&text).unwrap_or(Value::String(text)),
+    )
 }
 
 async fn get(node: &Herald, path: &str) -> (u16, Value) {
@@ -83,7 +92,9 @@ impl Feed {
         tokio::spawn(async move {
             let mut buf = String::new();
             while let Some(Ok(frame)) = body.frame().await {
-                let Ok(data) = frame.into_data() else { continue };
+                let Ok(data) = frame.into_data() else {
+                    continue;
+                };
                 buf.push_str(&String::from_utf8_lossy(&data));
                 while let Some(end) = buf.find("\n\n") {
                     let event: String = buf.drain(..end + 2).collect();
@@ -123,7 +134,10 @@ async fn the_console_is_off_without_a_token_and_shut_without_the_right_one() {
     let on = Herald::start_with("", &format!("{}{}", admin(TOKEN), default_apps())).await;
     let (status, page) = call(on.admin_port, "GET", "/console", None, "").await;
     assert_eq!(status, 200);
-    assert!(page.as_str().unwrap().contains("<html"), "the page itself is public");
+    assert!(
+        page.as_str().unwrap().contains("<html"),
+        "the page itself is public"
+    );
     for token in [None, Some("wrong-token-of-some-length"), Some("")] {
         let (status, body) = call(on.admin_port, "GET", "/console/api/apps", token, "").await;
         assert_eq!(status, 401, "{token:?}");
@@ -147,7 +161,10 @@ async fn the_console_is_off_without_a_token_and_shut_without_the_right_one() {
         .map(|a| a["id"].as_str().unwrap())
         .collect();
     assert_eq!(ids, ["app1", "app2", "app3", "app4"]);
-    assert!(apps["apps"][0].get("secret").is_none(), "secrets never leave: {apps}");
+    assert!(
+        apps["apps"][0].get("secret").is_none(),
+        "secrets never leave: {apps}"
+    );
     let (status, _) = get(&on, "/console/api/feed?app=nope").await;
     assert_eq!(status, 404);
 }
@@ -177,10 +194,14 @@ async fn the_feed_shows_what_happens_on_a_node() {
     assert_eq!(opened["app"], "app1");
 
     c.subscribe_private("private-room").await;
-    let sub = plain.expect("subscribed", |r| r["type"] == "subscribed").await;
-    assert_eq!(sub["channel"], "private-room");
-    c.send(json!({"event":"pusher:subscribe","data":{"channel":"private-forged","auth":"key1:0000"}}))
+    let sub = plain
+        .expect("subscribed", |r| r["type"] == "subscribed")
         .await;
+    assert_eq!(sub["channel"], "private-room");
+    c.send(
+        json!({"event":"pusher:subscribe","data":{"channel":"private-forged","auth":"key1:0000"}}),
+    )
+    .await;
     let refused = plain
         .expect("refusal", |r| r["type"] == "subscription_refused")
         .await;
@@ -189,20 +210,35 @@ async fn the_feed_shows_what_happens_on_a_node() {
 
     let (status, _) = h
         .api()
-        .trigger(&["private-room"], "greeting", r#"{"secret":"payload"}"#, None)
+        .trigger(
+            &["private-room"],
+            "greeting",
+            r#"{"secret":"payload"}"#,
+            None,
+        )
         .await;
     assert_eq!(status, 200);
-    let event = plain.expect("api_event", |r| r["type"] == "api_event").await;
-    assert_eq!((event["channel"].as_str(), event["event"].as_str()), (Some("private-room"), Some("greeting")));
+    let event = plain
+        .expect("api_event", |r| r["type"] == "api_event")
+        .await;
+    assert_eq!(
+        (event["channel"].as_str(), event["event"].as_str()),
+        (Some("private-room"), Some("greeting"))
+    );
     assert_eq!(event["sockets"], 1);
     assert_eq!(event["size"], r#"{"secret":"payload"}"#.len());
-    assert!(event.get("data").is_none(), "no payload unless asked: {event}");
+    assert!(
+        event.get("data").is_none(),
+        "no payload unless asked: {event}"
+    );
     let event = full.expect("api_event", |r| r["type"] == "api_event").await;
     assert_eq!(event["data"], r#"{"secret":"payload"}"#);
 
     c.send(json!({"event":"client-typing","channel":"private-room","data":{"x":1}}))
         .await;
-    let ce = full.expect("client_event", |r| r["type"] == "client_event").await;
+    let ce = full
+        .expect("client_event", |r| r["type"] == "client_event")
+        .await;
     assert_eq!(ce["socket_id"], sid.as_str());
     assert_eq!(ce["event"], "client-typing");
 
@@ -230,7 +266,10 @@ async fn the_feed_shows_what_happens_on_a_node() {
 
     let (_, stats) = get(&h, "/console/api/stats?app=app1").await;
     assert_eq!(stats["connections"], 1, "{stats}");
-    assert_eq!(stats["channels"], json!([{"name": "private-room", "subscription_count": 1}]));
+    assert_eq!(
+        stats["channels"],
+        json!([{"name": "private-room", "subscription_count": 1}])
+    );
     assert_eq!(stats["nodes"][0]["id"], "test-node");
 
     drop(c);
@@ -244,9 +283,14 @@ async fn the_feed_shows_what_happens_on_a_node() {
     let mut c2 = h.client_of("hkey").await;
     c2.subscribe("hooked-channel").await;
     let hook = hooked
-        .expect("webhook", |r| r["type"] == "webhook" && r["channel"] == "hooked-channel")
+        .expect("webhook", |r| {
+            r["type"] == "webhook" && r["channel"] == "hooked-channel"
+        })
         .await;
-    assert_eq!((hook["event"].as_str(), hook["outcome"].as_str()), (Some("channel_occupied"), Some("delivered")));
+    assert_eq!(
+        (hook["event"].as_str(), hook["outcome"].as_str()),
+        (Some("channel_occupied"), Some("delivered"))
+    );
     assert_eq!(hook["status"], 200);
 }
 
@@ -265,8 +309,8 @@ async fn a_console_on_one_node_sees_the_whole_cluster() {
     let a = Herald::start_node("console-a", "", &cfg).await;
     let b = Herald::start_node("console-b", "", &cfg).await;
     let mut feed = Feed::open(&a, "app1", true).await;
-    // Node B learns that app1 is watched within its refresh (every 2 s).
-    tokio::time::sleep(Duration::from_millis(2500)).await;
+    // A tells the other nodes at once that app1 is now watched (not at their 2 s refresh).
+    tokio::time::sleep(Duration::from_millis(300)).await;
 
     let mut on_b = b.client().await;
     let opened = feed
@@ -278,7 +322,10 @@ async fn a_console_on_one_node_sees_the_whole_cluster() {
     let sub = feed
         .expect("B's subscription", |r| r["type"] == "subscribed")
         .await;
-    assert_eq!((sub["node"].as_str(), sub["channel"].as_str()), (Some("console-b"), Some("presence-room")));
+    assert_eq!(
+        (sub["node"].as_str(), sub["channel"].as_str()),
+        (Some("console-b"), Some("presence-room"))
+    );
 
     let (status, _) = b
         .api()
@@ -286,7 +333,9 @@ async fn a_console_on_one_node_sees_the_whole_cluster() {
         .await;
     assert_eq!(status, 200);
     let event = feed
-        .expect("B's API event", |r| r["type"] == "api_event" && r["event"] == "news")
+        .expect("B's API event", |r| {
+            r["type"] == "api_event" && r["event"] == "news"
+        })
         .await;
     assert_eq!(event["node"], "console-b");
     assert_eq!(event["data"], r#"{"n":2}"#);
@@ -298,7 +347,10 @@ async fn a_console_on_one_node_sees_the_whole_cluster() {
         if stats["connections"] == 1 {
             break stats;
         }
-        assert!(started.elapsed() < Duration::from_secs(5), "B's connection not counted on A: {stats}");
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "B's connection not counted on A: {stats}"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
     let mut nodes: Vec<&str> = stats["nodes"]
@@ -314,7 +366,10 @@ async fn a_console_on_one_node_sees_the_whole_cluster() {
         json!([{"name": "presence-room", "subscription_count": 1, "user_count": 1}])
     );
     let (_, members) = get(&a, "/console/api/members?app=app1&channel=presence-room").await;
-    assert_eq!(members, json!({"members": [{"id": "ada", "info": {"name": "user ada"}}]}));
+    assert_eq!(
+        members,
+        json!({"members": [{"id": "ada", "info": {"name": "user ada"}}]})
+    );
 
     let (status, _) = call(
         a.admin_port,
@@ -326,6 +381,20 @@ async fn a_console_on_one_node_sees_the_whole_cluster() {
     .await;
     assert_eq!(status, 200);
     on_b.recv_event("from-a").await;
+
+    // A's own records come back on the console topic: shown once all the same.
+    let on_a = a.client().await;
+    let sid = on_a.socket_id.clone();
+    feed.expect("A's connection", |r| {
+        r["type"] == "connection_opened" && r["socket_id"] == sid.as_str()
+    })
+    .await;
+    let again = tokio::time::timeout(
+        Duration::from_secs(1),
+        feed.expect("a duplicate", |r| r["socket_id"] == sid.as_str()),
+    )
+    .await;
+    assert!(again.is_err(), "A's record shown twice: {again:?}");
 }
 
 /// A console that stops reading is dropped; the node's clients get every event meanwhile.
@@ -333,7 +402,9 @@ async fn a_console_on_one_node_sees_the_whole_cluster() {
 async fn a_console_that_does_not_read_is_dropped_and_nobody_else_waits() {
     let h = Herald::start_with("", &format!("{}{}", admin(TOKEN), default_apps())).await;
     // Open the feed and never read it.
-    let mut stream = TcpStream::connect(("127.0.0.1", h.admin_port)).await.unwrap();
+    let mut stream = TcpStream::connect(("127.0.0.1", h.admin_port))
+        .await
+        .unwrap();
     stream
         .write_all(
             format!(
@@ -364,7 +435,10 @@ async fn a_console_that_does_not_read_is_dropped_and_nobody_else_waits() {
     let started = Instant::now();
     let mut sent = 0u32;
     while h.metric("herald_console_feeds").await > 0.0 {
-        assert!(started.elapsed() < Duration::from_secs(30), "the console was not dropped");
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "the console was not dropped"
+        );
         for _ in 0..50 {
             let (status, _) = h.api().trigger(&["busy"], "e", &payload, None).await;
             assert_eq!(status, 200);

@@ -196,7 +196,9 @@ async fn receive_loop(inner: Arc<Shared>) {
                     continue; // another node's liveness probe
                 }
                 if *message.channel == *console_topic {
-                    if let (Some(sink), Some(bytes)) = (inner.sink.get(), message.value.into_bytes()) {
+                    if let (Some(sink), Some(bytes)) =
+                        (inner.sink.get(), message.value.into_bytes())
+                    {
                         sink.console(bytes);
                     }
                     continue;
