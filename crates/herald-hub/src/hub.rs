@@ -43,9 +43,12 @@ pub(crate) struct LocalChannel {
 }
 
 impl LocalChannel {
-    /// Subscribers and connections resuming: what the node counts for the channel.
-    fn local_count(&self, subscribers: usize) -> usize {
-        subscribers + self.stream.lock().resuming.len()
+    /// Subscribers and connections resuming: what the node counts for the channel. The stream
+    /// is locked before the subscribers, as everywhere both are taken (the other order
+    /// deadlocked two subscribes racing on a history channel).
+    fn local_count(&self) -> usize {
+        let stream = self.stream.lock();
+        self.subscribers.read().len() + stream.resuming.len()
     }
 }
 
@@ -220,11 +223,13 @@ impl Hub {
             metrics::channels(1.0);
             Arc::default()
         });
+        let stream = entry.stream.lock();
         let mut subs = entry.subscribers.write();
         if subs.insert(conn.socket_id, conn.clone()).is_none() {
             metrics::subscriptions(1.0);
         }
-        let n = entry.local_count(subs.len());
+        let n = subs.len() + stream.resuming.len();
+        drop((subs, stream));
         self.broker.set_interest(&conn.app.id, channel, n);
         n
     }
@@ -250,7 +255,7 @@ impl Hub {
 
     /// Tells the broker how many local subscribers (resuming ones included) a channel has.
     pub(crate) fn recount(&self, app_id: &str, channel: &ChannelName, ch: &LocalChannel) {
-        let n = ch.local_count(ch.subscribers.read().len());
+        let n = ch.local_count();
         self.broker.set_interest(app_id, channel, n);
     }
 

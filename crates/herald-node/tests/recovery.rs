@@ -429,3 +429,47 @@ async fn resume_on_another_node_after_a_node_is_killed() {
         .collect();
     assert_eq!(got, ["missed-0", "missed-1", "missed-2", "missed-3"]);
 }
+
+/// Hundreds of clients subscribing to one history channel at the same moment, as after a
+/// deploy: every one is answered and gets the next event. (Two subscribes racing took the
+/// channel's stream and subscriber locks in opposite orders and hung the node for good.)
+#[tokio::test]
+async fn simultaneous_subscribes_to_a_history_channel() {
+    let h = Herald::start_with("", &apps()).await;
+    let mut clients = Vec::new();
+    for _ in 0..300 {
+        clients.push(h.client().await);
+    }
+    let barrier = std::sync::Arc::new(tokio::sync::Barrier::new(clients.len()));
+    let tasks: Vec<_> = clients
+        .into_iter()
+        .map(|mut c| {
+            let barrier = barrier.clone();
+            tokio::spawn(async move {
+                barrier.wait().await;
+                c.send(json!({"event":"pusher:subscribe","data":{"channel":"orders.rush"}}))
+                    .await;
+                loop {
+                    match c.next_within(Duration::from_secs(10)).await {
+                        Event::Text(v)
+                            if v["event"] == "pusher_internal:subscription_succeeded" =>
+                        {
+                            return Some(c)
+                        }
+                        Event::Text(_) => {}
+                        _ => return None,
+                    }
+                }
+            })
+        })
+        .collect();
+    let mut subscribed = Vec::new();
+    for t in tasks {
+        subscribed.extend(t.await.unwrap());
+    }
+    assert_eq!(subscribed.len(), 300, "subscribes answered (the node hung)");
+    publish(&h, "orders.rush", "after").await;
+    for c in &mut subscribed {
+        assert_eq!(data(&c.recv_event("e").await), json!("after"));
+    }
+}
