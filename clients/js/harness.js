@@ -13,53 +13,16 @@ const assert = require('node:assert/strict');
 const PusherJS = require('pusher-js');
 const PusherServer = require('pusher');
 
-const HOST = '127.0.0.1';
+const { HOST, delay, waitFor, freePort, canConnect } = require('../../tests/support/net.js');
 // HERALD_BIN as given (relative to the working directory); by default the workspace's debug build.
 const HERALD_BIN = process.env.HERALD_BIN
   ? path.resolve(process.env.HERALD_BIN)
   : path.resolve(__dirname, '../../target/debug/herald');
 const APP = { appId: 'app1', key: 'key1', secret: 'secret1' };
 
-const delay = (ms) => new Promise((r) => setTimeout(r, ms));
 
-/** Resolves with the first truthy value of `fn`, polled; fails after `timeout` ms. */
-async function waitFor(fn, { timeout = 5000, interval = 20, what = 'condition' } = {}) {
-  const deadline = Date.now() + timeout;
-  let last;
-  for (;;) {
-    try {
-      last = await fn();
-      if (last) return last;
-    } catch (e) {
-      last = e;
-    }
-    if (Date.now() > deadline) {
-      throw new Error(`timed out after ${timeout} ms waiting for ${what}` +
-        (last instanceof Error ? ` (last error: ${last.message})` : ''));
-    }
-    await delay(interval);
-  }
-}
 
-function freePort() {
-  return new Promise((resolve, reject) => {
-    const srv = net.createServer();
-    srv.unref();
-    srv.on('error', reject);
-    srv.listen(0, HOST, () => {
-      const { port } = srv.address();
-      srv.close(() => resolve(port));
-    });
-  });
-}
 
-function canConnect(port) {
-  return new Promise((resolve) => {
-    const s = net.connect({ host: HOST, port });
-    s.once('connect', () => { s.destroy(); resolve(true); });
-    s.once('error', () => { s.destroy(); resolve(false); });
-  });
-}
 
 function httpStatus(port, urlPath) {
   return new Promise((resolve) => {

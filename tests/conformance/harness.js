@@ -7,7 +7,6 @@ const { spawn } = require('node:child_process');
 const crypto = require('node:crypto');
 const fs = require('node:fs');
 const http = require('node:http');
-const net = require('node:net');
 const os = require('node:os');
 const path = require('node:path');
 
@@ -15,7 +14,7 @@ const PusherJS = require('pusher-js');
 const PusherServer = require('pusher');
 const WebSocket = require('ws');
 
-const HOST = '127.0.0.1';
+const { HOST, delay, waitFor, freePort, canConnect } = require('../support/net.js');
 const SUITE_DIR = __dirname;
 const HERALD_BIN = process.env.HERALD_BIN
   ? path.resolve(process.env.HERALD_BIN)
@@ -41,26 +40,7 @@ const T = Number(process.env.CONFORMANCE_TIMEOUT_MS || 3000);
 // ---------------------------------------------------------------------------
 // small async helpers
 
-const delay = (ms) => new Promise((r) => setTimeout(r, ms));
 
-/** Resolve with the first value `fn` returns truthy; poll every `interval` ms. */
-async function waitFor(fn, { timeout = 5000, interval = 25, what = 'condition' } = {}) {
-  const deadline = Date.now() + timeout;
-  let last;
-  for (;;) {
-    try {
-      last = await fn();
-      if (last) return last;
-    } catch (e) {
-      last = e;
-    }
-    if (Date.now() > deadline) {
-      throw new Error(`timed out after ${timeout} ms waiting for ${what}` +
-        (last instanceof Error ? ` (last error: ${last.message})` : ''));
-    }
-    await delay(interval);
-  }
-}
 
 /** Promise that resolves when `bindable.bind(event)` fires (first time); withMeta -> {data, meta}. */
 function once(bindable, event, { timeout = T, what, withMeta = false } = {}) {
@@ -81,25 +61,7 @@ function once(bindable, event, { timeout = T, what, withMeta = false } = {}) {
 // ---------------------------------------------------------------------------
 // ports / process management
 
-function freePort() {
-  return new Promise((resolve, reject) => {
-    const srv = net.createServer();
-    srv.unref();
-    srv.on('error', reject);
-    srv.listen(0, HOST, () => {
-      const { port } = srv.address();
-      srv.close(() => resolve(port));
-    });
-  });
-}
 
-function canConnect(port) {
-  return new Promise((resolve) => {
-    const s = net.connect({ host: HOST, port });
-    s.once('connect', () => { s.destroy(); resolve(true); });
-    s.once('error', () => { s.destroy(); resolve(false); });
-  });
-}
 
 /** Plain HTTP GET to 127.0.0.1; resolves {status, body} or null on connection error. */
 function httpGet(port, urlPath, { timeout = 1000 } = {}) {

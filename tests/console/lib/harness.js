@@ -7,11 +7,10 @@
 const { spawn } = require('node:child_process');
 const fs = require('node:fs');
 const http = require('node:http');
-const net = require('node:net');
 const os = require('node:os');
 const path = require('node:path');
 
-const HOST = '127.0.0.1';
+const { HOST, delay, waitFor, freePort, canConnect } = require('../../support/net.js');
 const SUITE_DIR = path.resolve(__dirname, '..');
 const HERALD_BIN = path.resolve(SUITE_DIR, process.env.HERALD_BIN || '../../target/debug/herald');
 const CHROMIUM = '/usr/bin/chromium';
@@ -30,47 +29,9 @@ const PAGE_SOURCE = path.resolve(SUITE_DIR, '../../crates/herald-node/src/consol
 // embedded in the binary (for working on the page without rebuilding); the API is still herald's.
 const PAGE_FROM_SOURCE = process.env.CONSOLE_PAGE_FROM_SOURCE === '1';
 
-const delay = (ms) => new Promise((r) => setTimeout(r, ms));
 
-/** Resolve with the first truthy value of `fn` (polled); reject after `timeout` ms. */
-async function waitFor(fn, { timeout = 5000, interval = 25, what = 'condition' } = {}) {
-  const deadline = Date.now() + timeout;
-  let last;
-  for (;;) {
-    try {
-      last = await fn();
-      if (last) return last;
-    } catch (e) {
-      if (e && e.fatal) throw e;
-      last = e;
-    }
-    if (Date.now() > deadline) {
-      throw new Error(`timed out after ${timeout} ms waiting for ${what}` +
-        (last instanceof Error ? ` (last error: ${last.message})` : ''));
-    }
-    await delay(interval);
-  }
-}
 
-function freePort() {
-  return new Promise((resolve, reject) => {
-    const srv = net.createServer();
-    srv.unref();
-    srv.on('error', reject);
-    srv.listen(0, HOST, () => {
-      const { port } = srv.address();
-      srv.close(() => resolve(port));
-    });
-  });
-}
 
-function canConnect(port) {
-  return new Promise((resolve) => {
-    const s = net.connect({ host: HOST, port });
-    s.once('connect', () => { s.destroy(); resolve(true); });
-    s.once('error', () => { s.destroy(); resolve(false); });
-  });
-}
 
 /** Plain HTTP request to 127.0.0.1; resolves {status, headers, body}. */
 function request(port, method, urlPath, { headers = {}, body, timeout = 5000 } = {}) {
