@@ -37,10 +37,7 @@ pub(crate) async fn console_loop(hub: Weak<Hub>, cancel: CancellationToken) {
             hub.broker.console_publish(encode(&records)).await;
         }
         if refresh {
-            let elsewhere = hub
-                .broker
-                .console_watch(&hub.monitor.watched_here())
-                .await;
+            let elsewhere = hub.broker.console_watch(&hub.monitor.watched_here()).await;
             hub.monitor.set_watched_elsewhere(elsewhere);
             if announce {
                 hub.broker

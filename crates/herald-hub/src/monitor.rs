@@ -379,7 +379,10 @@ mod tests {
         };
         m.inject(vec![record("n1"), record("n2")]);
         assert_eq!(w.records.try_recv().expect("n2's record").node, "n2");
-        assert!(w.records.try_recv().is_err(), "n1's own record came back and was shown");
+        assert!(
+            w.records.try_recv().is_err(),
+            "n1's own record came back and was shown"
+        );
     }
 
     #[tokio::test]
@@ -388,8 +391,12 @@ mod tests {
         let _a = m.watch("a", false);
         m.announce.notified().await;
         let _b = m.watch("a", false);
-        let again = tokio::time::timeout(std::time::Duration::from_millis(50), m.announce.notified());
-        assert!(again.await.is_err(), "a second console of a watched app is no news");
+        let again =
+            tokio::time::timeout(std::time::Duration::from_millis(50), m.announce.notified());
+        assert!(
+            again.await.is_err(),
+            "a second console of a watched app is no news"
+        );
         let _c = m.watch("a", true);
         m.announce.notified().await;
     }
