@@ -112,6 +112,12 @@ impl Keys {
         format!("{{{}:console}}", self.prefix)
     }
 
+    /// The topic app-change notices travel on (JSON `{"origin", "ids"}`; one hash tag, so
+    /// sharded on Redis Cluster). Every node listens to it for life.
+    pub fn apps_topic(&self) -> String {
+        format!("{{{}:apps}}", self.prefix)
+    }
+
     /// Hash `app|node` → `expiry ms:1|0` (with payloads or not): which apps consoles watch.
     pub fn console_watched(&self) -> String {
         format!("{}:console:watched", self.prefix)

@@ -1,8 +1,8 @@
 //! Apps: credentials, per-app feature flags and limits. Plain data handed down by the node.
 
-use std::collections::HashMap;
-use std::sync::Arc;
 use std::time::Duration;
+
+use herald_protocol::ProtocolError;
 
 use serde::{Deserialize, Serialize};
 
@@ -17,6 +17,9 @@ pub struct App {
     pub id: String,
     pub key: String,
     pub secret: String,
+    /// A disabled app refuses new connections (4003) and API calls (403), and its open
+    /// connections are closed (4003); its settings stay, so it can be enabled again.
+    pub enabled: bool,
     /// Whether clients may send `client-` events on private and presence channels.
     pub client_events: bool,
     /// Most open connections for this app across the cluster; 0 = no limit.
@@ -56,6 +59,26 @@ pub struct App {
     /// from `[log] debug_app`).
     #[serde(skip)]
     pub debug_frames: bool,
+    /// The secret this app had before its last rotation, still accepted for signatures until
+    /// its deadline so that app servers can switch over (set by the node, never a setting).
+    #[serde(skip)]
+    pub previous_secret: Option<PreviousSecret>,
+}
+
+/// A rotated-out secret and the Unix time (seconds) until which it still verifies signatures.
+#[derive(Clone, PartialEq, Eq)]
+pub struct PreviousSecret {
+    pub secret: String,
+    pub until_secs: u64,
+}
+
+/// Never shows the secret (apps are logged with `{:?}` in places).
+impl std::fmt::Debug for PreviousSecret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PreviousSecret")
+            .field("until_secs", &self.until_secs)
+            .finish_non_exhaustive()
+    }
 }
 
 /// One webhook target of an app.
@@ -111,6 +134,7 @@ impl Default for App {
             id: String::new(),
             key: String::new(),
             secret: String::new(),
+            enabled: true,
             client_events: true,
             max_connections: 0,
             allowed_origins: Vec::new(),
@@ -128,6 +152,7 @@ impl Default for App {
             webhooks: Vec::new(),
             history: Vec::new(),
             debug_frames: false,
+            previous_secret: None,
         }
     }
 }
@@ -163,6 +188,34 @@ impl App {
             .find(|r| channel.as_str().starts_with(&r.prefix))
     }
 
+    /// The secrets that verify signatures at `now_secs`: the current one, then the previous
+    /// one while its grace lasts.
+    pub fn secrets_at(&self, now_secs: u64) -> impl Iterator<Item = &str> {
+        let previous = self
+            .previous_secret
+            .as_ref()
+            .filter(|p| now_secs <= p.until_secs)
+            .map(|p| p.secret.as_str());
+        std::iter::once(self.secret.as_str()).chain(previous)
+    }
+
+    /// Verifies a channel or user `auth` field against `input` with the current secret, or
+    /// the previous one during its grace. The error is the current secret's.
+    pub fn verify_auth(&self, input: &str, auth: &str) -> Result<(), ProtocolError> {
+        let verify =
+            |secret: &str| herald_protocol::signature::verify_auth(&self.key, secret, input, auth);
+        let current = verify(&self.secret);
+        if current.is_err()
+            && self
+                .secrets_at(crate::clock::now_secs())
+                .skip(1)
+                .any(|s| verify(s).is_ok())
+        {
+            return Ok(());
+        }
+        current
+    }
+
     pub fn has_webhooks(&self) -> bool {
         !self.webhooks.is_empty()
     }
@@ -184,37 +237,6 @@ impl App {
     }
 }
 
-/// All apps of a node, looked up by id (HTTP API) or key (WebSocket).
-#[derive(Debug, Default)]
-pub struct Apps {
-    by_id: HashMap<String, Arc<App>>,
-    by_key: HashMap<String, Arc<App>>,
-}
-
-impl Apps {
-    pub fn new(apps: impl IntoIterator<Item = App>) -> Self {
-        let mut this = Apps::default();
-        for app in apps {
-            let app = Arc::new(app);
-            this.by_id.insert(app.id.clone(), app.clone());
-            this.by_key.insert(app.key.clone(), app);
-        }
-        this
-    }
-
-    pub fn by_id(&self, id: &str) -> Option<&Arc<App>> {
-        self.by_id.get(id)
-    }
-
-    pub fn by_key(&self, key: &str) -> Option<&Arc<App>> {
-        self.by_key.get(key)
-    }
-
-    pub fn iter(&self) -> impl Iterator<Item = &Arc<App>> {
-        self.by_id.values()
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -232,10 +254,34 @@ mod tests {
     }
 
     #[test]
-    fn lookup() {
-        let apps = Apps::new([App::new("1", "k1", "s1"), App::new("2", "k2", "s2")]);
-        assert_eq!(apps.by_id("2").map(|a| a.key.as_str()), Some("k2"));
-        assert_eq!(apps.by_key("k1").map(|a| a.id.as_str()), Some("1"));
-        assert!(apps.by_key("nope").is_none());
+    fn previous_secret_verifies_during_its_grace_only() {
+        let mut app = App::new("1", "k", "new");
+        assert_eq!(app.secrets_at(100).collect::<Vec<_>>(), ["new"]);
+        app.previous_secret = Some(PreviousSecret {
+            secret: "old".into(),
+            until_secs: 100,
+        });
+        assert_eq!(app.secrets_at(100).collect::<Vec<_>>(), ["new", "old"]);
+        assert_eq!(app.secrets_at(101).collect::<Vec<_>>(), ["new"]);
+        assert!(!format!("{app:?}").contains("\"old\""));
+        let input = "1.1:private-a";
+        let signed = |secret: &str| {
+            format!(
+                "k:{}",
+                herald_protocol::signature::sign(secret, input.as_bytes())
+            )
+        };
+        assert!(app.verify_auth(input, &signed("new")).is_ok());
+        app.previous_secret = Some(PreviousSecret {
+            secret: "old".into(),
+            until_secs: crate::clock::now_secs() + 60,
+        });
+        assert!(app.verify_auth(input, &signed("old")).is_ok());
+        assert!(app.verify_auth(input, &signed("other")).is_err());
+        app.previous_secret = Some(PreviousSecret {
+            secret: "old".into(),
+            until_secs: crate::clock::now_secs() - 1,
+        });
+        assert!(app.verify_auth(input, &signed("old")).is_err());
     }
 }

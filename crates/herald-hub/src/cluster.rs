@@ -164,6 +164,10 @@ pub trait BusSink: Send + Sync {
 
     /// Console records from another node (JSON lines of [`crate::monitor::Record`]).
     fn console(&self, _records: Bytes) {}
+
+    /// The process `origin` changed these apps in the store (every node, the writer's too,
+    /// may receive it; the hub skips its own).
+    fn apps_changed(&self, _origin: &str, _ids: Vec<String>) {}
 }
 
 /// Publication and interest routing between nodes.
@@ -202,6 +206,11 @@ pub trait Broker: Send + Sync + 'static {
     async fn console_watch(&self, _here: &[(String, bool)]) -> HashMap<String, bool> {
         HashMap::new()
     }
+
+    /// Tells every other node that these apps changed in the store, so each reads them again
+    /// (best effort: a notice lost while the bus is down is made up by the nodes' reloads).
+    /// Nothing to tell on a single node.
+    async fn apps_changed(&self, _origin: &str, _ids: &[String]) {}
 
     /// What every node reported of itself lately (one entry, this node's, on a single node).
     async fn nodes(&self) -> Vec<NodeReport> {

@@ -8,7 +8,7 @@ use bytes::Bytes;
 use herald_protocol::SocketId;
 use parking_lot::Mutex;
 
-use crate::app::App;
+use crate::live::LiveApp;
 use crate::outbox::{Outbox, Pushed};
 
 /// A history channel's event in the two forms clients get: as published (`base`) and with its
@@ -22,7 +22,9 @@ pub struct Framed {
 #[derive(Debug)]
 pub struct Connection {
     pub socket_id: SocketId,
-    pub app: Arc<App>,
+    /// The app's cell (`app.id`, and `app.get()`: its settings as they are now, not as they
+    /// were at the handshake, so a changed limit or flag applies to the next operation).
+    pub app: Arc<LiveApp>,
     pub outbox: Outbox,
     user_id: Mutex<Option<Arc<str>>>,
     authorized: AtomicBool,
@@ -31,7 +33,7 @@ pub struct Connection {
 }
 
 impl Connection {
-    pub fn new(socket_id: SocketId, app: Arc<App>, outbox_bytes: usize) -> Self {
+    pub(crate) fn new(socket_id: SocketId, app: Arc<LiveApp>, outbox_bytes: usize) -> Self {
         Connection {
             socket_id,
             app,

@@ -72,8 +72,7 @@ impl Hub {
     /// Notes that a channel's subscription count changed (for `subscription_count` events).
     pub(crate) fn count_changed(&self, app_id: &str, channel: &ChannelName) {
         let wanted = self
-            .apps()
-            .by_id(app_id)
+            .app_by_id(app_id)
             .is_some_and(|a| a.subscription_count_events);
         if !wanted || !channel.kind().has_subscription_counts() {
             return;

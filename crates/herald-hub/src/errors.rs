@@ -25,12 +25,24 @@ impl PublishError {
     }
 }
 
+/// Why the open connections of a disabled app are closed (with 4003,
+/// [`ErrorCode::AppDisabled`]); also what a new connection to it is told.
+pub const APP_DISABLED: &str = "App disabled";
+/// Why the open connections of a deleted app are closed (with 4001,
+/// [`ErrorCode::AppDoesNotExist`]).
+pub const APP_DELETED: &str = "App does not exist";
+
 /// Why a WebSocket connection is refused at the handshake: closed with the official code
 /// after a `pusher:error` with the same code.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 pub enum Refusal {
     #[error("App key {0} not in this cluster. Did you forget to specify the cluster?")]
     UnknownApp(String),
+    #[error("{APP_DISABLED}")]
+    AppDisabled,
+    /// The key is not in memory and the apps store cannot be asked now.
+    #[error("App store unavailable; retry shortly")]
+    AppsStore,
     #[error("Unsupported protocol version {0}")]
     UnsupportedProtocol(u32),
     #[error("Invalid version string format {0:?}")]
@@ -53,13 +65,16 @@ impl Refusal {
     pub fn code(&self) -> ErrorCode {
         match self {
             Refusal::UnknownApp(_) => ErrorCode::AppDoesNotExist,
+            Refusal::AppDisabled => ErrorCode::AppDisabled,
             Refusal::UnsupportedProtocol(_) => ErrorCode::UnsupportedProtocol,
             Refusal::InvalidVersion(_) => ErrorCode::InvalidVersion,
             Refusal::Origin => ErrorCode::Unauthorized,
             Refusal::AppFull => ErrorCode::OverConnectionQuota,
-            Refusal::Draining | Refusal::NodeFull | Refusal::HandshakeRate | Refusal::Bus => {
-                ErrorCode::OverCapacity
-            }
+            Refusal::Draining
+            | Refusal::NodeFull
+            | Refusal::HandshakeRate
+            | Refusal::Bus
+            | Refusal::AppsStore => ErrorCode::OverCapacity,
         }
     }
 
@@ -67,6 +82,8 @@ impl Refusal {
     pub fn label(&self) -> &'static str {
         match self {
             Refusal::UnknownApp(_) => "unknown_app",
+            Refusal::AppDisabled => "app_disabled",
+            Refusal::AppsStore => "apps_store",
             Refusal::UnsupportedProtocol(_) | Refusal::InvalidVersion(_) => "protocol",
             Refusal::Origin => "origin",
             Refusal::Draining => "draining",

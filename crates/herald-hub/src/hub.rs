@@ -19,11 +19,12 @@ use parking_lot::RwLock;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::app::{App, Apps, HistoryRule};
+use crate::app::{App, HistoryRule};
 use crate::cluster::{Broker, BusMessage, BusPayload, Cluster, ClusterState, PublishError};
 use crate::connection::{Connection, Framed};
 use crate::counts::CountNotices;
 use crate::history::{Admit, StreamState};
+use crate::live::{Apps, AppsListener, AppsWriter, LiveApp};
 use crate::metrics;
 use crate::monitor::Monitor;
 use crate::outbox::Pushed;
@@ -52,11 +53,6 @@ impl LocalChannel {
     }
 }
 
-#[derive(Debug)]
-struct AppState {
-    channels: DashMap<ChannelName, Arc<LocalChannel>>,
-}
-
 /// Settings the hub needs from the node.
 #[derive(Debug, Clone)]
 pub struct HubConfig {
@@ -72,8 +68,10 @@ pub struct Hub {
     /// This process's tag on bus messages: the node id plus a random suffix, so two processes
     /// that were (wrongly) given one node id still deliver each other's messages.
     pub(crate) origin: Arc<str>,
-    pub(crate) apps: Apps,
-    state: HashMap<String, AppState>,
+    /// The apps and their channels: swapped whole when apps change (see `live.rs`).
+    pub(crate) apps: arc_swap::ArcSwap<Apps>,
+    pub(crate) apps_writer: AppsWriter,
+    pub(crate) apps_listener: OnceLock<Arc<dyn AppsListener>>,
     pub(crate) broker: Arc<dyn Broker>,
     pub(crate) cluster: Arc<dyn ClusterState>,
     connections: DashMap<SocketId, Arc<Connection>>,
@@ -106,17 +104,7 @@ impl Hub {
         tasks: TaskTracker,
         cancel: CancellationToken,
     ) -> Arc<Self> {
-        let state = apps
-            .iter()
-            .map(|a| {
-                (
-                    a.id.clone(),
-                    AppState {
-                        channels: DashMap::new(),
-                    },
-                )
-            })
-            .collect();
+        crate::metrics::apps_loaded(apps.len());
         let hub = Arc::new_cyclic(|me| Hub {
             me: me.clone(),
             monitor: Monitor::new(&config.node_id),
@@ -124,8 +112,9 @@ impl Hub {
             counts: parking_lot::Mutex::new(CountNotices::default()),
             node_id: Arc::from(config.node_id.as_str()),
             origin: Arc::from(format!("{}#{:016x}", config.node_id, rand::random::<u64>())),
-            apps,
-            state,
+            apps: arc_swap::ArcSwap::from_pointee(apps),
+            apps_writer: AppsWriter::default(),
+            apps_listener: OnceLock::new(),
             broker: cluster.broker,
             cluster: cluster.state,
             connections: DashMap::new(),
@@ -160,7 +149,7 @@ impl Hub {
         let Some(sink) = self.webhooks.get() else {
             return;
         };
-        if self.apps.by_id(app_id).is_some_and(|a| a.has_webhooks()) {
+        if self.app_by_id(app_id).is_some_and(|a| a.has_webhooks()) {
             sink.emit(app_id, event);
         }
     }
@@ -173,9 +162,9 @@ impl Hub {
     /// Every channel with local subscribers, of every app.
     pub(crate) fn local_channels(&self) -> Vec<(String, ChannelName, Arc<LocalChannel>)> {
         let mut out = Vec::new();
-        for (app_id, state) in &self.state {
-            for e in state.channels.iter() {
-                out.push((app_id.clone(), e.key().clone(), e.value().clone()));
+        for live in self.apps.load().live_apps() {
+            for e in live.channels.iter() {
+                out.push((live.id.clone(), e.key().clone(), e.value().clone()));
             }
         }
         out
@@ -186,10 +175,6 @@ impl Hub {
         &self.monitor
     }
 
-    pub fn apps(&self) -> &Apps {
-        &self.apps
-    }
-
     pub fn node_id(&self) -> &str {
         &self.node_id
     }
@@ -198,10 +183,24 @@ impl Hub {
         self.connections.len()
     }
 
-    /// Registers a new connection (after the node has admitted it).
+    /// Registers a new connection (after the node has admitted it). An app removed or
+    /// disabled since the admission closes it at once, as if it had been open then.
     pub fn connect(&self, socket_id: SocketId, app: Arc<App>) -> Arc<Connection> {
-        let conn = Arc::new(Connection::new(socket_id, app, self.config.outbox_bytes));
+        let live = self
+            .live_app(&app.id)
+            .unwrap_or_else(|| LiveApp::detached((*app).clone()));
+        let conn = Arc::new(Connection::new(socket_id, live, self.config.outbox_bytes));
         self.connections.insert(socket_id, conn.clone());
+        match self.app_by_id(&app.id) {
+            None => conn.outbox.close(
+                ErrorCode::AppDoesNotExist.as_u16(),
+                crate::errors::APP_DELETED,
+            ),
+            Some(now) if !now.enabled => conn
+                .outbox
+                .close(ErrorCode::AppDisabled.as_u16(), crate::errors::APP_DISABLED),
+            Some(_) => {}
+        }
         conn
     }
 
@@ -216,10 +215,7 @@ impl Hub {
 
     /// Adds a local subscriber; returns the channel's local subscriber count.
     pub(crate) fn add_subscriber(&self, conn: &Arc<Connection>, channel: &ChannelName) -> usize {
-        let Some(state) = self.state.get(&conn.app.id) else {
-            return 0;
-        };
-        let entry = state.channels.entry(channel.clone()).or_insert_with(|| {
+        let entry = conn.app.channels.entry(channel.clone()).or_insert_with(|| {
             metrics::channels(1.0);
             Arc::default()
         });
@@ -240,9 +236,8 @@ impl Hub {
         conn: &Connection,
         channel: &ChannelName,
     ) -> Option<Arc<LocalChannel>> {
-        let state = self.state.get(&conn.app.id)?;
         Some(
-            state
+            conn.app
                 .channels
                 .entry(channel.clone())
                 .or_insert_with(|| {
@@ -261,11 +256,8 @@ impl Hub {
 
     /// Removes a local subscriber; returns the channel's remaining local count.
     pub(crate) fn remove_subscriber(&self, conn: &Connection, channel: &ChannelName) -> usize {
-        let Some(state) = self.state.get(&conn.app.id) else {
-            return 0;
-        };
         let mut remaining = 0;
-        let removed = state.channels.remove_if(channel, |_, ch| {
+        let removed = conn.app.channels.remove_if(channel, |_, ch| {
             let mut stream = ch.stream.lock();
             let was_resuming = stream.resuming.remove(&conn.socket_id).is_some();
             let mut subs = ch.subscribers.write();
@@ -284,13 +276,16 @@ impl Hub {
 
     /// Whether `conn` is a local subscriber of `channel`.
     pub fn is_subscribed(&self, conn: &Connection, channel: &ChannelName) -> bool {
-        self.channel(&conn.app.id, channel)
+        conn.app
+            .channels
+            .get(channel)
             .is_some_and(|ch| ch.subscribers.read().contains_key(&conn.socket_id))
     }
 
     pub(crate) fn channel(&self, app_id: &str, channel: &ChannelName) -> Option<Arc<LocalChannel>> {
-        self.state
-            .get(app_id)?
+        self.apps
+            .load()
+            .live(app_id)?
             .channels
             .get(channel)
             .map(|c| c.value().clone())

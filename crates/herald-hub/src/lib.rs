@@ -21,6 +21,7 @@ mod counts;
 pub mod errors;
 mod history;
 pub mod hub;
+pub mod live;
 pub mod local_bus;
 pub mod metrics;
 pub mod monitor;
@@ -31,7 +32,7 @@ pub mod session;
 mod sink;
 pub mod webhook;
 
-pub use app::{App, Apps, HistoryRule};
+pub use app::{App, HistoryRule, PreviousSecret};
 pub use cluster::{
     Broker, BusError, BusMessage, BusPayload, BusSink, CachePut, ChannelStats, Cluster,
     ClusterState, History, NodeReport, PresenceJoin, PublishError,
@@ -39,6 +40,7 @@ pub use cluster::{
 pub use connection::Connection;
 pub use errors::{Refusal, SubscribeError, TriggerError, TriggerFailure};
 pub use hub::{Hub, HubConfig};
+pub use live::{Apps, AppsListener, LiveApp, Upserted};
 pub use local_bus::LocalBus;
 pub use monitor::{Activity, Monitor, Record};
 pub use operations::ChannelInfo;

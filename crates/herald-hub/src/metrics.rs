@@ -107,3 +107,8 @@ pub fn caught_up(n: usize) {
 pub fn history_append(took: std::time::Duration) {
     histogram!("herald_history_append_seconds").record(took.as_secs_f64());
 }
+
+/// Apps the node holds in memory (enabled or not).
+pub fn apps_loaded(n: usize) {
+    gauge!("herald_apps").set(n as f64);
+}

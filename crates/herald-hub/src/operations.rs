@@ -40,10 +40,11 @@ impl Hub {
         origin: Option<&str>,
     ) -> Result<Arc<App>, Refusal> {
         let app = self
-            .apps()
-            .by_key(app_key)
-            .cloned()
+            .app_by_key(app_key)
             .ok_or_else(|| Refusal::UnknownApp(app_key.to_owned()))?;
+        if !app.enabled {
+            return Err(Refusal::AppDisabled);
+        }
         if let Some(p) = protocol {
             match p.parse::<u32>() {
                 // pusher-js sends 7; 4 to 6 differ only in details Herald does not use.

@@ -22,6 +22,17 @@ impl TokenBucket {
         }
     }
 
+    /// Changes the rate (and burst) when it differs, keeping the tokens left within the new
+    /// burst: a changed limit applies from the next take.
+    pub fn set_rate(&mut self, per_sec: u32) {
+        let per_sec = f64::from(per_sec.max(1));
+        if per_sec != self.per_sec {
+            self.per_sec = per_sec;
+            self.capacity = per_sec;
+            self.tokens = self.tokens.min(per_sec);
+        }
+    }
+
     /// Takes a token if one is left.
     pub fn try_take(&mut self) -> bool {
         let now = Instant::now();

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use herald_protocol::client::Resume;
 use herald_protocol::presence::{parse_channel_data, parse_user_data, Member, UserData};
-use herald_protocol::signature::{channel_auth_input, user_auth_input, verify_auth};
+use herald_protocol::signature::{channel_auth_input, user_auth_input};
 use herald_protocol::{server, ChannelKind, ChannelName, ClientMessage, ErrorCode, ProtocolError};
 
 use crate::cluster::PresenceJoin;
@@ -25,6 +25,8 @@ struct Subscription {
     /// The presence member this socket holds on the channel.
     presence_user: Option<String>,
 }
+
+mod watchlist;
 
 /// Most users one sign-in may watch (more: the first 100 and a 4302 error).
 pub const MAX_WATCHLIST: usize = 100;
@@ -53,7 +55,7 @@ impl Session {
             conn.socket_id,
             activity_timeout_secs,
         ));
-        let rate = conn.app.client_event_rate;
+        let rate = conn.app.get().client_event_rate;
         Session {
             hub,
             conn,
@@ -86,7 +88,7 @@ impl Session {
     }
 
     async fn on_message(&mut self, msg: ClientMessage) {
-        if self.conn.app.debug_frames {
+        if self.conn.app.get().debug_frames {
             let (kind, channel) = match &msg {
                 ClientMessage::Ping => ("pusher:ping", None),
                 ClientMessage::Pong => ("pusher:pong", None),
@@ -97,7 +99,7 @@ impl Session {
                 ClientMessage::WantsPositions => ("herald:positions", None),
             };
             let channel = channel.map_or("", |c| c.as_str());
-            tracing::info!(app = %self.conn.app.id, socket_id = %self.conn.socket_id, kind = %kind, channel = %channel, "frame received");
+            tracing::info!(app = %&self.conn.app.id, socket_id = %self.conn.socket_id, kind = %kind, channel = %channel, "frame received");
         }
         match msg {
             ClientMessage::Ping => {
@@ -158,7 +160,7 @@ impl Session {
 
     fn subscription_failed(&self, channel: &ChannelName, e: &SubscribeError) {
         if let SubscribeError::Protocol(ProtocolError::InvalidSignature { .. }) = e {
-            tracing::info!(app = %self.conn.app.id, socket_id = %self.conn.socket_id, "subscription refused: invalid signature");
+            tracing::info!(app = %&self.conn.app.id, socket_id = %self.conn.socket_id, "subscription refused: invalid signature");
         }
         let message = e.to_string();
         self.hub
@@ -187,7 +189,7 @@ impl Session {
         channel_data: Option<&str>,
         resume: Option<&Resume>,
     ) -> Result<(), SubscribeError> {
-        let app = self.conn.app.clone();
+        let app = self.conn.app.get();
         if self.subscriptions.contains_key(channel) {
             if channel.kind() == ChannelKind::ServerToUser && self.is_own_user_channel(channel) {
                 // Joined implicitly at sign-in; pusher-js subscribes explicitly afterwards.
@@ -217,18 +219,11 @@ impl Session {
             }
             ChannelKind::Private | ChannelKind::Encrypted => {
                 let auth = auth.ok_or_else(|| ProtocolError::AuthRequired(channel.to_string()))?;
-                verify_auth(
-                    &app.key,
-                    &app.secret,
-                    &channel_auth_input(socket_id, channel.as_str(), None),
-                    auth,
-                )?;
+                app.verify_auth(&channel_auth_input(socket_id, channel.as_str(), None), auth)?;
             }
             ChannelKind::Presence => {
                 let auth = auth.ok_or_else(|| ProtocolError::AuthRequired(channel.to_string()))?;
-                verify_auth(
-                    &app.key,
-                    &app.secret,
+                app.verify_auth(
                     &channel_auth_input(socket_id, channel.as_str(), channel_data),
                     auth,
                 )?;
@@ -372,7 +367,7 @@ impl Session {
                 self.conn.send(server::cache_miss(channel.as_str()))
             }
             Err(e) => {
-                tracing::warn!(app = %self.conn.app.id, error = %e, "cache read failed");
+                tracing::warn!(app = %&self.conn.app.id, error = %e, "cache read failed");
                 self.conn.send(server::cache_miss(channel.as_str()))
             }
         };
@@ -400,7 +395,7 @@ impl Session {
     async fn leave(&self, channel: &ChannelName, sub: Subscription) {
         if let Some(user_id) = self.remove_membership(channel, sub).await {
             self.hub
-                .announce_departure(&self.conn.app, channel, &user_id)
+                .announce_departure(&self.conn.app.get(), channel, &user_id)
                 .await;
         }
     }
@@ -414,7 +409,7 @@ impl Session {
     /// socket on the channel this was. A leave the cluster cannot record now is announced by
     /// the cluster later (see `ClusterState::presence_leave`).
     async fn remove_membership(&self, channel: &ChannelName, sub: Subscription) -> Option<String> {
-        let app = &self.conn.app;
+        let app = self.conn.app.get();
         self.hub.remove_subscriber(&self.conn, channel);
         self.hub.count_changed(&app.id, channel);
         let user_id = sub.presence_user?;
@@ -437,13 +432,8 @@ impl Session {
     }
 
     async fn signin(&mut self, auth: &str, user_data: &str) -> Result<(), SubscribeError> {
-        let app = self.conn.app.clone();
-        verify_auth(
-            &app.key,
-            &app.secret,
-            &user_auth_input(self.conn.socket_id, user_data),
-            auth,
-        )?;
+        let app = self.conn.app.get();
+        app.verify_auth(&user_auth_input(self.conn.socket_id, user_data), auth)?;
         let mut user = parse_user_data(user_data, app.max_user_info_bytes)?;
         if let Some(current) = &self.user {
             if current.id != user.id {
@@ -504,66 +494,13 @@ impl Session {
         Ok(())
     }
 
-    /// Starts watching users: listens to their online changes and sends their current state.
-    async fn watch(&mut self, ids: &[String]) {
-        let app = self.conn.app.clone();
-        let mut watched = Vec::new();
-        for id in ids {
-            let Ok(channel) = ChannelName::watchlist(id) else {
-                continue;
-            };
-            if self.subscriptions.contains_key(&channel) {
-                continue;
-            }
-            // Watched users take channel slots like any subscription.
-            if self.subscriptions.len() >= app.max_channels_per_connection {
-                self.conn.send_error(
-                    Some(ErrorCode::WatchlistLimit.as_u16()),
-                    &format!(
-                        "Watchlist cut short: the connection holds its maximum of {} channels",
-                        app.max_channels_per_connection
-                    ),
-                );
-                break;
-            }
-            self.hub.add_subscriber(&self.conn, &channel);
-            self.subscriptions.insert(
-                channel.clone(),
-                Subscription {
-                    presence_user: None,
-                },
-            );
-            if let Err(e) = self.hub.broker.await_interest(&app.id, &channel).await {
-                tracing::warn!(app = %app.id, error = %e, "watchlist subscription not confirmed");
-            }
-            watched.push(id.clone());
-        }
-        if watched.is_empty() {
-            return;
-        }
-        match self.hub.cluster.users_online(&app.id, &watched).await {
-            Ok(states) => {
-                let (mut online, mut offline) = (Vec::new(), Vec::new());
-                for (id, is_online) in watched.into_iter().zip(states) {
-                    if is_online {
-                        online.push(id)
-                    } else {
-                        offline.push(id)
-                    }
-                }
-                self.conn.send(server::watchlist_events(&online, &offline));
-            }
-            Err(e) => tracing::warn!(app = %app.id, error = %e, "watchlist state not read"),
-        }
-    }
-
     async fn client_event(
         &mut self,
         event: &str,
         channel: &ChannelName,
         data: &str,
     ) -> Result<(), ProtocolError> {
-        let app = self.conn.app.clone();
+        let app = self.conn.app.get();
         let reject = |why: String| Err(ProtocolError::ClientEventRejected(why));
         match channel.kind() {
             ChannelKind::Private | ChannelKind::Presence => {}
@@ -585,6 +522,8 @@ impl Session {
                 app.max_event_data_bytes
             ));
         }
+        // A changed client_event_rate applies from the next event on.
+        self.client_events.set_rate(app.client_event_rate);
         if !self.client_events.try_take() {
             metrics::rate_limited(&app.id);
             return Err(ProtocolError::ClientEventRateLimited(app.client_event_rate));

@@ -57,7 +57,7 @@ impl BusSink for Hub {
 
     fn members_departed(&self, app_id: &str, channel: &ChannelName, user_ids: Vec<String>) {
         let Some(hub) = self.me() else { return };
-        let Some(app) = self.apps.by_id(app_id).cloned() else {
+        let Some(app) = self.app_by_id(app_id) else {
             return;
         };
         let channel = channel.clone();
@@ -70,7 +70,7 @@ impl BusSink for Hub {
 
     fn members_returned(&self, app_id: &str, channel: &ChannelName, members: Vec<Member>) {
         let Some(hub) = self.me() else { return };
-        let Some(app) = self.apps.by_id(app_id).cloned() else {
+        let Some(app) = self.app_by_id(app_id) else {
             return;
         };
         let channel = channel.clone();
@@ -88,6 +88,19 @@ impl BusSink for Hub {
     fn subscriptions_restored(&self) {
         if let Some(hub) = self.me() {
             hub.clone().spawn(async move { hub.catch_up_all().await });
+        }
+        // App notices sent while the bus was down are lost: the node reads its apps again.
+        if let Some(listener) = self.apps_listener() {
+            listener.resync();
+        }
+    }
+
+    fn apps_changed(&self, origin: &str, ids: Vec<String>) {
+        if origin == &*self.origin {
+            return; // applied here when it was written
+        }
+        if let Some(listener) = self.apps_listener() {
+            listener.apps_changed(ids);
         }
     }
 }

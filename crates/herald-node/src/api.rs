@@ -14,6 +14,7 @@ use hyper::body::Incoming;
 use hyper::{Method, Request, Response, StatusCode};
 use serde_json::{json, Map, Value};
 
+use crate::apps_store::sync::By;
 use crate::metrics;
 use crate::node::Node;
 
@@ -172,7 +173,7 @@ pub fn route_for_fuzzing(method: &Method, path: &str) -> bool {
     route(method, path).is_ok()
 }
 
-fn percent_decode(s: &str) -> String {
+pub(crate) fn percent_decode(s: &str) -> String {
     let hex = |b: u8| (b as char).to_digit(16).map(|d| d as u8);
     let bytes = s.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
@@ -261,16 +262,12 @@ async fn handle_route(
             .find(|(k, _)| k == "auth_key")
             .map(|(_, v)| v)
             .unwrap_or_default();
-        node.hub
-            .apps()
-            .by_key(&key)
-            .cloned()
+        find_app(node, By::Key, &key)
+            .await?
             .ok_or_else(|| ApiError::new(401, "Unknown auth_key"))?
     } else {
-        node.hub
-            .apps()
-            .by_id(route.app_id)
-            .cloned()
+        find_app(node, By::Id, route.app_id)
+            .await?
             .ok_or_else(|| ApiError::from(ProtocolError::UnknownApp(route.app_id.to_owned())))?
     };
     let method = req.method().as_str().to_owned();
@@ -284,7 +281,15 @@ async fn handle_route(
         query: &query,
         body: &body,
     };
-    if let Err(e) = verify(&signed, &app.key, &app.secret, now) {
+    // The current secret, or the previous one while its rotation grace lasts; the error is
+    // the current secret's.
+    let verified = verify(&signed, &app.key, &app.secret, now).or_else(|e| {
+        app.secrets_at(now)
+            .skip(1)
+            .find_map(|old| verify(&signed, &app.key, old, now).ok())
+            .ok_or(e)
+    });
+    if let Err(e) = verified {
         // Unauthenticated requests have a budget of their own: they never spend the app's
         // API rate limit, and beyond their budget they are refused without a log line each.
         if !node.take_auth_failure_token(&app.id) {
@@ -295,7 +300,10 @@ async fn handle_route(
         }
         return Err(e.into());
     }
-    if !node.take_api_token(&app.id) {
+    if !app.enabled {
+        return Err(ProtocolError::AppDisabled(app.id.clone()).into());
+    }
+    if !node.take_api_token(&app) {
         return Err(ApiError::new(
             429,
             format!(
@@ -437,6 +445,27 @@ async fn handle_route(
             Ok(json!({}))
         }
     }
+}
+
+/// The app named by a request, from memory or (a database store) looked up once.
+async fn find_app(
+    node: &Node,
+    by: By,
+    value: &str,
+) -> Result<Option<Arc<herald_hub::App>>, ApiError> {
+    let held = match by {
+        By::Key => node.hub.app_by_key(value),
+        By::Id => node.hub.app_by_id(value),
+    };
+    if held.is_some() {
+        return Ok(held);
+    }
+    node.apps.lookup(by, value).await.map_err(|e| {
+        ApiError::new(
+            503,
+            format!("The app is not known here and {e}; retry later"),
+        )
+    })
 }
 
 /// Reads a request body within `max_request_bytes` (413) and `body_timeout` (408).

@@ -43,7 +43,7 @@ fn full(
     res
 }
 
-fn json_reply(status: StatusCode, body: &Value) -> Response<AdminBody> {
+pub(crate) fn json_reply(status: StatusCode, body: &Value) -> Response<AdminBody> {
     full(status, "application/json", body.to_string())
 }
 
@@ -120,9 +120,7 @@ pub async fn route(node: &Arc<Node>, req: Request<Incoming>) -> Response<AdminBo
 fn app_of(node: &Node, req: &Request<Incoming>) -> Result<Arc<herald_hub::App>, String> {
     let id = param(req, "app").unwrap_or_default();
     node.hub
-        .apps()
-        .by_id(&id)
-        .cloned()
+        .app_by_id(&id)
         .ok_or_else(|| format!("Unknown app id {id:?}"))
 }
 
@@ -214,16 +212,11 @@ async fn publish(node: &Node, req: Request<Incoming>) -> Response<AdminBody> {
     let Ok(v) = serde_json::from_slice::<Value>(&body) else {
         return error(StatusCode::BAD_REQUEST, "Body must be JSON");
     };
-    let Some(app) = node
-        .hub
-        .apps()
-        .by_id(v["app"].as_str().unwrap_or_default())
-        .cloned()
-    else {
+    let Some(app) = node.hub.app_by_id(v["app"].as_str().unwrap_or_default()) else {
         return error(StatusCode::NOT_FOUND, "Unknown app id");
     };
     // The app's API rate limit applies as to any other publisher.
-    if !node.take_api_token(&app.id) {
+    if !node.take_api_token(&app) {
         return error(
             StatusCode::TOO_MANY_REQUESTS,
             &format!(

@@ -9,6 +9,8 @@
 //! - [`ws`]: one WebSocket connection: admission, then one task that reads client frames
 //!   ([`frames`]) into the hub's session and writes the connection's outbound queue.
 //! - [`api`]: the Pusher HTTP API: signature check, then hub operations.
+//! - [`apps_store`]: where apps come from (the file, or a database shared by the nodes) and
+//!   how the hub's apps follow it; [`admin`]: the admin API that changes them.
 //! - [`webhooks`]: webhook delivery; [`metrics`]; [`tls`]; [`node`] (admission state).
 //! - [`drain`]: the one shutdown path: not ready, connections closed over the drain window,
 //!   webhooks flushed, the cluster left, every task finished.
@@ -16,7 +18,9 @@
 //! This crate alone reads the environment, handles signals (in the binary) and knows hyper and
 //! fastwebsockets; the hub ([`herald_hub`]) and the bus ([`herald_bus`]) get plain settings.
 
+pub mod admin;
 pub mod api;
+pub mod apps_store;
 pub mod config;
 pub mod console;
 pub mod drain;
@@ -40,6 +44,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::apps_store::sync::AppsSync;
 use crate::config::Config;
 use crate::node::Node;
 
@@ -77,21 +82,36 @@ pub async fn run(
     listeners: Listeners,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let demo = config.apps.is_empty();
-    if demo {
-        config.apps.push(App::new(
+    let database = config.apps_store.is_database();
+    // Without apps (and without a database to hold them) the node runs a demo app.
+    let demo = (!database && config.apps.is_empty()).then(|| {
+        App::new(
             "demo",
             "demo-key",
             Alphanumeric.sample_string(&mut rand::rng(), 24),
-        ));
+        )
+    });
+    if let Some(app) = &demo {
+        config.apps.push(app.clone());
     }
+    let file_apps = if database {
+        Vec::new()
+    } else {
+        config.apps.clone()
+    };
     let prometheus = metrics::install().context("installing the metrics recorder")?;
     metrics::register_zeroes(
-        &config.apps.iter().map(|a| a.id.clone()).collect::<Vec<_>>(),
+        &file_apps.iter().map(|a| a.id.clone()).collect::<Vec<_>>(),
         config.server.max_connections,
         config.bus.driver != "redis",
     );
     tracing::info!(config = %config.redacted(), "starting");
+    if database && !config.apps.is_empty() {
+        tracing::warn!(
+            apps = config.apps.len(),
+            "[[apps]] of the configuration are not used with a database apps store; `herald migrate` imports them into it"
+        );
+    }
 
     let node_id = config.node_id();
     // Background work of the hub, the bus, webhooks and the admin port: stopped by `cancel`,
@@ -111,7 +131,7 @@ pub async fn run(
     };
     metrics::bus_connected(cluster.broker.readiness().is_ok());
     let debug_app = config.log.debug_app.clone();
-    let apps = Apps::new(config.apps.iter().map(|a| {
+    let apps = Apps::new(file_apps.iter().map(|a| {
         let mut app = a.clone();
         app.debug_frames = debug_app.as_deref() == Some(a.id.as_str());
         app
@@ -126,21 +146,39 @@ pub async fn run(
         tasks.clone(),
         cancel.clone(),
     );
-    let webhooks = webhooks::start(&config.apps, &tasks, hub.monitor().clone());
-    if let Some(w) = &webhooks {
-        hub.set_webhooks(w.sink());
-    }
+    let apps_of = Arc::downgrade(&hub);
+    let webhooks = webhooks::start(
+        Arc::new(move |id: &str| apps_of.upgrade()?.app_by_id(id)),
+        &tasks,
+        hub.monitor().clone(),
+    );
+    hub.set_webhooks(webhooks.sink());
+    let store = apps_store::open(&config, demo.clone())?;
+    let apps = AppsSync::start(
+        store,
+        hub.clone(),
+        debug_app,
+        Duration::from_secs(config.apps_store.secret_grace_seconds),
+        tasks.clone(),
+        cancel.clone(),
+    )
+    .await;
     let public_addr = listeners.public_addr()?;
     let admin_addr = listeners.admin_addr()?;
     let mut admin_token = config.admin.token().map_err(anyhow::Error::msg)?;
-    if demo && admin_token.is_none() {
+    if demo.is_some() && admin_token.is_none() {
         // The demo opens its console with a fresh token (the admin port is local by default).
         admin_token = Some(Alphanumeric.sample_string(&mut rand::rng(), 32));
     }
     if admin_token.is_none() {
-        tracing::info!("debug console off (set [admin] token or token_file to open it)");
+        tracing::info!(
+            "debug console and admin API off (set [admin] token or token_file to open them)"
+        );
+        if database {
+            tracing::warn!("apps are in a database but the admin API is off: changes made in the database reach the nodes at their next reload (every 60 s)");
+        }
     }
-    let node = Node::new(config, hub, admin_token);
+    let node = Node::new(config, hub, apps, admin_token);
     metrics::ready(node.readiness().is_ok());
 
     let tls = node.config.tls.as_ref().map(tls::acceptor).transpose()?;
@@ -159,9 +197,9 @@ pub async fn run(
         cancel.clone(),
     ));
     tracing::info!(listen = %public_addr, admin = %admin_addr, node_id = %node_id, "herald is listening");
-    if demo {
+    if let Some(app) = &demo {
         print_demo(
-            &node.config.apps[0],
+            app,
             public_addr,
             admin_addr,
             node.admin_token().unwrap_or_default(),
@@ -170,9 +208,7 @@ pub async fn run(
 
     shutdown.cancelled().await;
     let deadline = drain::drain(&node, &connections).await;
-    if let Some(w) = webhooks {
-        w.finish(deadline).await;
-    }
+    webhooks.finish(deadline).await;
     node.hub.shutdown().await;
     cancel.cancel();
     tasks.close();

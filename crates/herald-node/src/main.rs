@@ -26,6 +26,9 @@ enum Command {
         /// The file to check (default: --config).
         file: Option<PathBuf>,
     },
+    /// Create the apps table of a database apps store ([apps_store]) if it is missing, and
+    /// import the file's [[apps]] it does not have yet. Idempotent.
+    Migrate,
 }
 
 fn main() -> std::process::ExitCode {
@@ -55,6 +58,9 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::from(2);
         }
     };
+    if let Some(Command::Migrate) = &cli.command {
+        return migrate(&config);
+    }
     init_tracing(&config);
     raise_fd_limit();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -78,6 +84,25 @@ fn main() -> std::process::ExitCode {
         Err(e) => {
             tracing::error!(error = format!("{e:#}"), "herald stopped");
             eprintln!("herald: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+/// `herald migrate`: one run on a small runtime, the outcome on stdout or stderr.
+fn migrate(config: &Config) -> std::process::ExitCode {
+    let outcome = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the runtime: {e}"))
+        .and_then(|rt| rt.block_on(herald_node::apps_store::migrate(config)));
+    match outcome {
+        Ok(done) => {
+            println!("{done}");
+            std::process::ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("herald migrate: {e}");
             std::process::ExitCode::FAILURE
         }
     }

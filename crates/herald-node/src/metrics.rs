@@ -175,6 +175,22 @@ fn describe() {
         "herald_console_feeds",
         "Debug consoles reading this node's feed"
     );
+    describe_gauge!(
+        "herald_apps",
+        "Apps this node holds in memory (enabled or not)"
+    );
+    describe_gauge!(
+        "herald_apps_store_up",
+        "1 while the apps store answers (always 1 for the file store); 0: the node serves the apps it has"
+    );
+    describe_counter!(
+        "herald_apps_store_reloads_total",
+        "Full reloads of the apps store (start, SIGHUP, bus or database back, every 60 s), by outcome: ok, error"
+    );
+    describe_counter!(
+        "herald_apps_store_lookups_total",
+        "Keys and ids not in memory, by outcome: found, absent (asked the database), cached_absent, limited (over the lookup budget), unavailable, error"
+    );
     describe_gauge!("herald_runtime_workers", "Tokio worker threads");
     describe_gauge!("herald_runtime_alive_tasks", "Tokio tasks alive");
     describe_gauge!(
@@ -218,6 +234,8 @@ pub fn register_zeroes(apps: &[String], max_connections: u64, in_process_bus: bo
     gauge!("herald_console_feeds").set(0.0);
     counter!("herald_webhooks_sent_total", "outcome" => "delivered").absolute(0);
     counter!("herald_webhooks_dropped_total").absolute(0);
+    counter!("herald_apps_store_reloads_total", "outcome" => "ok").absolute(0);
+    counter!("herald_apps_store_lookups_total", "outcome" => "absent").absolute(0);
     // Histograms appear with their first sample (the first API request, the first delivery).
     // The in-process bus hands messages over in memory: its lag is zero, and says so.
     if in_process_bus {
@@ -297,4 +315,17 @@ pub fn runtime(handle: &tokio::runtime::Handle) {
     gauge!("herald_runtime_workers").set(m.num_workers() as f64);
     gauge!("herald_runtime_alive_tasks").set(m.num_alive_tasks() as f64);
     gauge!("herald_runtime_global_queue_depth").set(m.global_queue_depth() as f64);
+}
+
+pub fn apps_store_up(up: bool) {
+    gauge!("herald_apps_store_up").set(if up { 1.0 } else { 0.0 });
+}
+
+pub fn apps_store_reload(ok: bool) {
+    let outcome = if ok { "ok" } else { "error" };
+    counter!("herald_apps_store_reloads_total", "outcome" => outcome).increment(1);
+}
+
+pub fn apps_store_lookup(outcome: &'static str) {
+    counter!("herald_apps_store_lookups_total", "outcome" => outcome).increment(1);
 }

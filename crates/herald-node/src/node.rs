@@ -6,10 +6,11 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use herald_hub::rate::TokenBucket;
-use herald_hub::Hub;
+use herald_hub::{App, Hub};
 use parking_lot::Mutex;
 use tokio_util::sync::CancellationToken;
 
+use crate::apps_store::sync::AppsSync;
 use crate::config::Config;
 use crate::metrics;
 
@@ -20,12 +21,14 @@ pub const AUTH_FAILURES_PER_SECOND: u32 = 50;
 pub struct Node {
     pub config: Config,
     pub hub: Arc<Hub>,
+    /// Keeps the hub's apps in step with the apps store; the admin API writes through it.
+    pub apps: Arc<AppsSync>,
     draining: AtomicBool,
     open: AtomicU64,
     handshakes: Mutex<TokenBucket>,
     /// Per-app HTTP API rate limits (apps with `api_requests_per_second`), taken only by
-    /// authenticated requests.
-    api_limits: HashMap<String, Mutex<TokenBucket>>,
+    /// authenticated requests; a changed limit applies from the next request.
+    api_limits: Mutex<HashMap<String, TokenBucket>>,
     /// Per-app budget of failed authentications, separate from `api_limits` so that unsigned
     /// requests can never use up an app's API rate limit.
     auth_failures: Mutex<HashMap<String, TokenBucket>>,
@@ -111,26 +114,21 @@ pub enum TcpRefusal {
 }
 
 impl Node {
-    pub fn new(config: Config, hub: Arc<Hub>, admin_token: Option<String>) -> Arc<Self> {
+    pub fn new(
+        config: Config,
+        hub: Arc<Hub>,
+        apps: Arc<AppsSync>,
+        admin_token: Option<String>,
+    ) -> Arc<Self> {
         let rate = config.server.handshakes_per_second;
-        let api_limits = config
-            .apps
-            .iter()
-            .filter(|a| a.api_requests_per_second > 0)
-            .map(|a| {
-                (
-                    a.id.clone(),
-                    Mutex::new(TokenBucket::new(a.api_requests_per_second)),
-                )
-            })
-            .collect();
         Arc::new(Node {
             config,
             hub,
+            apps,
             draining: AtomicBool::new(false),
             open: AtomicU64::new(0),
             handshakes: Mutex::new(TokenBucket::new(rate)),
-            api_limits,
+            api_limits: Mutex::new(HashMap::new()),
             auth_failures: Mutex::new(HashMap::new()),
             per_ip: Mutex::new(HashMap::new()),
             http_connections: AtomicU64::new(0),
@@ -153,10 +151,18 @@ impl Node {
     }
 
     /// Whether the app may make another API request now (authenticated requests only).
-    pub fn take_api_token(&self, app_id: &str) -> bool {
-        self.api_limits
-            .get(app_id)
-            .is_none_or(|b| b.lock().try_take())
+    pub fn take_api_token(&self, app: &App) -> bool {
+        let rate = app.api_requests_per_second;
+        let mut limits = self.api_limits.lock();
+        if rate == 0 {
+            limits.remove(&app.id);
+            return true;
+        }
+        let bucket = limits
+            .entry(app.id.clone())
+            .or_insert_with(|| TokenBucket::new(rate));
+        bucket.set_rate(rate);
+        bucket.try_take()
     }
 
     /// Whether another failed authentication for the app is answered (401) rather than
@@ -166,7 +172,8 @@ impl Node {
         if let Some(bucket) = buckets.get_mut(app_id) {
             return bucket.try_take();
         }
-        // Apps come from configuration, so this map has at most one entry per app.
+        // Only known apps get here (the store was asked first), so this map has at most one
+        // entry per app.
         let mut bucket = TokenBucket::new(AUTH_FAILURES_PER_SECOND);
         let taken = bucket.try_take();
         buckets.insert(app_id.to_owned(), bucket);

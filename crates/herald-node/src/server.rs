@@ -1,5 +1,5 @@
 //! The public listener (WebSocket at `/app/{key}` and the HTTP API on one port) and the admin
-//! listener (`/metrics`, `/healthz`, `/readyz`, the debug console).
+//! listener (`/metrics`, `/healthz`, `/readyz`, the debug console, the admin API).
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -279,6 +279,9 @@ async fn admin_route(
     if console::handles(req.uri().path()) {
         return Ok(console::route(&node, req).await);
     }
+    if crate::admin::handles(req.uri().path()) {
+        return Ok(crate::admin::route(&node, req).await);
+    }
     let res = match req.uri().path() {
         "/metrics" => {
             crate::metrics::runtime(&tokio::runtime::Handle::current());
@@ -292,11 +295,16 @@ async fn admin_route(
             res
         }
         "/healthz" => json_response(StatusCode::OK, &json!({ "status": "ok" })),
+        // The apps store's state is shown but never makes the node unready: the node serves
+        // the apps it has while a database is away.
         "/readyz" => match node.readiness() {
-            Ok(()) => json_response(StatusCode::OK, &json!({ "ready": true })),
+            Ok(()) => json_response(
+                StatusCode::OK,
+                &json!({ "ready": true, "apps_store": node.apps.status() }),
+            ),
             Err(why) => json_response(
                 StatusCode::SERVICE_UNAVAILABLE,
-                &json!({ "ready": false, "reason": why }),
+                &json!({ "ready": false, "reason": why, "apps_store": node.apps.status() }),
             ),
         },
         _ => text(StatusCode::NOT_FOUND, "Not found\n"),

@@ -34,17 +34,9 @@ const MAX_BATCH: usize = 50;
 const RETRY_FOR: Duration = Duration::from_secs(300);
 const MAX_DELIVERIES: usize = 64;
 
-struct Target {
-    uri: Uri,
-    /// Empty: every event.
-    events: HashSet<String>,
-}
-
-struct AppTargets {
-    key: String,
-    secret: String,
-    targets: Vec<Target>,
-}
+/// The current settings of an app, by id (the hub's): targets, key and secret are read when a
+/// batch is sent, so a changed webhook list or a rotated secret applies to the next batch.
+pub type AppLookup = Arc<dyn Fn(&str) -> Option<Arc<App>> + Send + Sync>;
 
 /// The hub's webhook sink: queues events for the delivery task.
 pub struct Webhooks {
@@ -87,35 +79,9 @@ impl Delivery {
     }
 }
 
-/// Starts delivery when any app has webhooks.
-pub fn start(apps: &[App], tasks: &TaskTracker, monitor: Arc<Monitor>) -> Option<Delivery> {
-    let targets: HashMap<String, AppTargets> = apps
-        .iter()
-        .filter(|a| a.has_webhooks())
-        .map(|a| {
-            let targets = a
-                .webhooks
-                .iter()
-                .filter_map(|w| {
-                    Some(Target {
-                        uri: w.url.parse().ok()?,
-                        events: w.event_types.iter().cloned().collect(),
-                    })
-                })
-                .collect();
-            (
-                a.id.clone(),
-                AppTargets {
-                    key: a.key.clone(),
-                    secret: a.secret.clone(),
-                    targets,
-                },
-            )
-        })
-        .collect();
-    if targets.is_empty() {
-        return None;
-    }
+/// Starts delivery (apps can gain webhooks while the node runs, so it always runs: one task
+/// that wakes every 100 ms).
+pub fn start(apps: AppLookup, tasks: &TaskTracker, monitor: Arc<Monitor>) -> Delivery {
     metrics::counter!("herald_webhooks_dropped_total").absolute(0);
     let (tx, rx) = mpsc::channel(QUEUE);
     let finish = CancellationToken::new();
@@ -126,13 +92,13 @@ pub fn start(apps: &[App], tasks: &TaskTracker, monitor: Arc<Monitor>) -> Option
         posts: posts.clone(),
         monitor,
     };
-    let batcher = tasks.spawn(run(rx, Arc::new(targets), finish.clone(), posting));
-    Some(Delivery {
+    let batcher = tasks.spawn(run(rx, apps, finish.clone(), posting));
+    Delivery {
         sink: Arc::new(Webhooks { tx }),
         finish,
         batcher,
         posts,
-    })
+    }
 }
 
 fn cancels(pending: &WebhookEvent, incoming: &WebhookEvent) -> bool {
@@ -157,7 +123,7 @@ fn cancels(pending: &WebhookEvent, incoming: &WebhookEvent) -> bool {
 
 async fn run(
     mut rx: mpsc::Receiver<(String, WebhookEvent)>,
-    apps: Arc<HashMap<String, AppTargets>>,
+    apps: AppLookup,
     finish: CancellationToken,
     posting: Posting,
 ) {
@@ -270,19 +236,19 @@ fn show(
     }
 }
 
-fn flush(
-    batches: &mut HashMap<String, Vec<WebhookEvent>>,
-    apps: &Arc<HashMap<String, AppTargets>>,
-    posting: &Posting,
-) {
+fn flush(batches: &mut HashMap<String, Vec<WebhookEvent>>, apps: &AppLookup, posting: &Posting) {
     for (app_id, events) in batches.drain() {
-        let Some(app) = apps.get(&app_id) else {
+        let Some(app) = apps(&app_id) else {
             continue;
         };
-        for (i, target) in app.targets.iter().enumerate() {
+        for target in &app.webhooks {
+            let Ok(uri) = target.url.parse::<Uri>() else {
+                continue;
+            };
+            let wanted: HashSet<&str> = target.event_types.iter().map(String::as_str).collect();
             let chosen: Vec<&WebhookEvent> = events
                 .iter()
-                .filter(|e| target.events.is_empty() || target.events.contains(e.name()))
+                .filter(|e| wanted.is_empty() || wanted.contains(e.name()))
                 .collect();
             let shown: Vec<(&'static str, String)> = chosen
                 .iter()
@@ -301,24 +267,14 @@ fn flush(
                 tracing::warn!(app = %app_id, "too many webhook deliveries in flight; batch dropped");
                 continue;
             };
-            let (apps, app_id, tls) = (apps.clone(), app_id.clone(), posting.tls.clone());
+            let (key, app_id, tls) = (app.key.clone(), app_id.clone(), posting.tls.clone());
             let monitor = posting.monitor.clone();
             posting.posts.spawn(async move {
                 let _permit = permit;
-                let Some(app) = apps.get(&app_id) else { return };
                 let report = |outcome: &str, status: Option<u16>| {
                     show(&monitor, &app_id, &shown, outcome, status)
                 };
-                deliver(
-                    &app_id,
-                    &app.targets[i].uri,
-                    &app.key,
-                    &signature,
-                    body,
-                    &tls,
-                    report,
-                )
-                .await;
+                deliver(&app_id, &uri, &key, &signature, body, &tls, report).await;
             });
         }
     }

@@ -18,6 +18,7 @@ use hyper_util::rt::TokioIo;
 use tokio::io::AsyncWriteExt;
 use tokio::time::Instant;
 
+use crate::apps_store::sync::By;
 use crate::frames::{FrameReader, Message, ReadError};
 use crate::metrics;
 use crate::node::{Node, OpenGuard};
@@ -94,7 +95,17 @@ pub async fn serve(
     hs: Handshake,
 ) {
     let mut io = ws.into_inner();
-    let admitted = match admit(&node, &hs) {
+    // A key not in memory is looked up in a database store once (see `apps_store::sync`).
+    let looked_up = match node.hub.app_by_key(&hs.app_key) {
+        Some(_) => Ok(()),
+        None => node
+            .apps
+            .lookup(By::Key, &hs.app_key)
+            .await
+            .map(|_| ())
+            .map_err(|_| Refusal::AppsStore),
+    };
+    let admitted = match looked_up.and_then(|()| admit(&node, &hs)) {
         Ok((app, slot)) => match node.hub.open_connection(&app).await {
             Ok(()) => Ok((app, slot)),
             Err(refusal) => Err(refusal),
@@ -166,7 +177,7 @@ async fn run(
     let pong_wait = Duration::from_secs(node.config.server.pong_timeout);
     let started = Instant::now();
     // "Authorized connections": sign in or subscribe to a private/presence channel in time.
-    let authorize_by = conn.app.authorized_connections().map(|t| started + t);
+    let authorize_by = conn.app.get().authorized_connections().map(|t| started + t);
     let mut last_seen = started;
     let mut pinged = false;
     let (mut frames, mut pongs, mut buf) = (Vec::new(), Vec::new(), Vec::new());

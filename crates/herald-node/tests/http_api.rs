@@ -412,7 +412,10 @@ async fn health_and_metrics() {
     a.recv().await;
     assert_eq!(h.admin_get("/healthz").await.0, 200);
     let (s, body) = h.admin_get("/readyz").await;
-    assert_eq!((s, body.as_str()), (200, r#"{"ready":true}"#));
+    assert_eq!(
+        (s, body.as_str()),
+        (200, r#"{"apps_store":"ok","ready":true}"#)
+    );
     let (s, metrics) = h.admin_get("/metrics").await;
     assert_eq!(s, 200);
     for name in [

@@ -73,6 +73,8 @@ pub enum ProtocolError {
     PayloadTooLarge(usize, usize),
     #[error("Unknown app id {0}")]
     UnknownApp(String),
+    #[error("App {0} is disabled")]
+    AppDisabled(String),
 }
 
 impl ProtocolError {
@@ -93,6 +95,7 @@ impl ProtocolError {
             | ProtocolError::InvalidSignature { .. } => 401,
             ProtocolError::PayloadTooLarge(..) => 413,
             ProtocolError::UnknownApp(_) => 404,
+            ProtocolError::AppDisabled(_) => 403,
             _ => 400,
         }
     }

@@ -13,6 +13,7 @@
 //!
 //! Every background loop runs on one task tracker and stops with one cancellation token.
 
+mod apps;
 mod console;
 mod counts;
 mod lease;
@@ -156,6 +157,9 @@ impl RedisBus {
         topics::subscribe_for_life(&shared, shared.keys.console_topic())
             .await
             .map_err(state::unavailable)?;
+        topics::subscribe_for_life(&shared, shared.keys.apps_topic())
+            .await
+            .map_err(state::unavailable)?;
         lease::renew(&shared).await.map_err(state::unavailable)?;
         *shared.gate.handled_owners.write() =
             topology::slot_owners(shared.client.cached_cluster_state());
@@ -185,6 +189,7 @@ async fn receive_loop(inner: Arc<Shared>) {
     let mut rx = inner.subscriber.message_rx();
     let alive = inner.keys.alive(&inner.cfg.node_id);
     let console_topic = inner.keys.console_topic();
+    let apps_topic = inner.keys.apps_topic();
     loop {
         let received = tokio::select! {
             r = rx.recv() => r,
@@ -194,6 +199,14 @@ async fn receive_loop(inner: Arc<Shared>) {
             Ok(message) => {
                 if *message.channel == *alive {
                     continue; // another node's liveness probe
+                }
+                if *message.channel == *apps_topic {
+                    if let (Some(sink), Some(bytes)) =
+                        (inner.sink.get(), message.value.into_bytes())
+                    {
+                        apps::receive(sink.as_ref(), &bytes);
+                    }
+                    continue;
                 }
                 if *message.channel == *console_topic {
                     if let (Some(sink), Some(bytes)) =
@@ -283,6 +296,10 @@ impl Broker for RedisBus {
 
     async fn console_watch(&self, here: &[(String, bool)]) -> HashMap<String, bool> {
         console::watch(&self.shared, here).await
+    }
+
+    async fn apps_changed(&self, origin: &str, ids: &[String]) {
+        apps::publish(&self.shared, origin, ids).await;
     }
 
     async fn nodes(&self) -> Vec<NodeReport> {

@@ -5,14 +5,23 @@
 //! `HERALD_CONFIG`) < `HERALD_*` environment variables (`__` separates levels, e.g.
 //! `HERALD_SERVER__LISTEN`). Unknown keys are errors that name the key.
 
+mod apps;
+mod apps_store;
+#[cfg(test)]
+#[allow(clippy::result_large_err)]
+mod tests;
+
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use figment::providers::{Env, Format, Serialized, Toml};
 use figment::Figment;
 
 use herald_hub::App;
 use serde::{Deserialize, Serialize};
+
+pub use apps::{app_from_json, check_app, check_apps, MAX_CREDENTIAL_LEN};
+pub use apps_store::AppsStoreConfig;
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -23,7 +32,12 @@ pub struct Config {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tls: Option<TlsConfig>,
     pub admin: AdminConfig,
+    pub apps_store: AppsStoreConfig,
     pub apps: Vec<App>,
+    /// The file the configuration was read from (the file store reads its apps again from it
+    /// on SIGHUP). Not a setting.
+    #[serde(skip)]
+    pub source: Option<PathBuf>,
 }
 
 /// The admin token that opens the debug console (and the admin API) on the admin port. Off
@@ -251,9 +265,16 @@ pub fn figment(file: Option<&Path>) -> Figment {
         Env::prefixed("HERALD_")
             .filter(|key| {
                 let key = key.as_str().to_ascii_lowercase();
-                ["server__", "bus__", "log__", "tls__", "admin__"]
-                    .iter()
-                    .any(|p| key.starts_with(p))
+                [
+                    "server__",
+                    "bus__",
+                    "log__",
+                    "tls__",
+                    "admin__",
+                    "apps_store__",
+                ]
+                .iter()
+                .any(|p| key.starts_with(p))
             })
             .split("__"),
     )
@@ -261,10 +282,11 @@ pub fn figment(file: Option<&Path>) -> Figment {
 
 /// Loads and checks the configuration.
 pub fn load(file: Option<&Path>) -> Result<Config, String> {
-    let config: Config = figment(file)
+    let mut config: Config = figment(file)
         .extract()
         .map_err(|e| e.into_iter().map(describe).collect::<Vec<_>>().join("; "))?;
     config.validate()?;
+    config.source = file.map(Path::to_path_buf);
     Ok(config)
 }
 
@@ -346,55 +368,8 @@ impl Config {
                 ))
             }
         }
-        let mut ids = std::collections::HashSet::new();
-        let mut keys = std::collections::HashSet::new();
-        for (i, app) in self.apps.iter().enumerate() {
-            if app.id.is_empty() || app.key.is_empty() || app.secret.is_empty() {
-                return Err(format!("apps[{i}]: id, key and secret must not be empty"));
-            }
-            check_id(&format!("apps[{i}].id"), &app.id)?;
-            for (j, rule) in app.history.iter().enumerate() {
-                rule.check()
-                    .map_err(|e| format!("apps[{i}].history[{j}]: {e}"))?;
-                if !rule.prefix.is_empty() && herald_protocol::channel::is_internal(&rule.prefix) {
-                    return Err(format!(
-                        "apps[{i}].history[{j}].prefix: {:?} names internal channels",
-                        rule.prefix
-                    ));
-                }
-            }
-            if !ids.insert(&app.id) {
-                return Err(format!("apps[{i}].id: {:?} is used by two apps", app.id));
-            }
-            if !keys.insert(&app.key) {
-                return Err(format!("apps[{i}].key: {:?} is used by two apps", app.key));
-            }
-            if app.client_event_rate == 0 {
-                return Err(format!("apps[{i}].client_event_rate must be at least 1"));
-            }
-            for (j, hook) in app.webhooks.iter().enumerate() {
-                let uri: hyper::Uri = hook.url.parse().map_err(|e| {
-                    format!(
-                        "apps[{i}].webhooks[{j}].url: {:?} is not a URL ({e})",
-                        hook.url
-                    )
-                })?;
-                if !matches!(uri.scheme_str(), Some("http" | "https")) || uri.host().is_none() {
-                    return Err(format!(
-                        "apps[{i}].webhooks[{j}].url: {:?} must be an http:// or https:// URL",
-                        hook.url
-                    ));
-                }
-                for t in &hook.event_types {
-                    if !herald_hub::webhook::EVENT_NAMES.contains(&t.as_str()) {
-                        return Err(format!(
-                            "apps[{i}].webhooks[{j}].event_types: {t:?} is not one of {}",
-                            herald_hub::webhook::EVENT_NAMES.join(", ")
-                        ));
-                    }
-                }
-            }
-        }
+        self.apps_store.validate()?;
+        check_apps(&self.apps)?;
         Ok(())
     }
 
@@ -427,6 +402,9 @@ impl Config {
             copy.admin.token = Some("<redacted>".into());
         }
         if let Some(url) = &mut copy.bus.url {
+            *url = redact_url(url);
+        }
+        if let Some(url) = &mut copy.apps_store.url {
             *url = redact_url(url);
         }
         for u in copy
@@ -474,7 +452,7 @@ fn check_key_prefix(prefix: &str) -> Result<(), String> {
 }
 
 /// A URL without its credentials and query (which may hold tokens).
-fn redact_url(url: &str) -> String {
+pub fn redact_url(url: &str) -> String {
     let url = match url.split_once('?') {
         Some((base, _)) => format!("{base}?<redacted>"),
         None => url.to_owned(),
@@ -482,184 +460,5 @@ fn redact_url(url: &str) -> String {
     match (url.split_once("://"), url.rfind('@')) {
         (Some((scheme, _)), Some(at)) => format!("{scheme}://<redacted>@{}", &url[at + 1..]),
         _ => url,
-    }
-}
-
-#[cfg(test)]
-#[allow(clippy::result_large_err)]
-mod tests {
-    use super::*;
-    use figment::Jail;
-
-    #[test]
-    fn file_then_env() {
-        Jail::expect_with(|jail| {
-            jail.create_file(
-                "h.toml",
-                r#"
-                [server]
-                listen = "127.0.0.1:7000"
-                [[apps]]
-                id = "1"
-                key = "k"
-                secret = "s"
-                "#,
-            )?;
-            jail.set_env("HERALD_SERVER__ADMIN_LISTEN", "127.0.0.1:7001");
-            // Not configuration: Kubernetes service links and tool variables.
-            jail.set_env("HERALD_PORT", "tcp://10.0.0.1:8080");
-            jail.set_env("HERALD_SERVICE_HOST", "10.0.0.1");
-            jail.set_env("HERALD_BIN", "/usr/bin/herald");
-            let c = load(Some(Path::new("h.toml"))).expect("loads");
-            assert_eq!(c.server.listen, "127.0.0.1:7000");
-            assert_eq!(c.server.admin_listen, "127.0.0.1:7001");
-            assert!(c.apps[0].client_events);
-            jail.set_env("HERALD_SERVER__LISTEN", "127.0.0.1:7002");
-            assert_eq!(
-                load(Some(Path::new("h.toml")))
-                    .expect("loads")
-                    .server
-                    .listen,
-                "127.0.0.1:7002"
-            );
-            Ok(())
-        });
-    }
-
-    #[test]
-    fn unknown_keys_are_named() {
-        Jail::expect_with(|jail| {
-            jail.create_file(
-                "h.toml",
-                "[server]\nlisten = \"127.0.0.1:7000\"\nlisten_port = 3\n",
-            )?;
-            let err = load(Some(Path::new("h.toml"))).expect_err("unknown key");
-            assert!(
-                err.starts_with("server.listen_port: unknown field"),
-                "{err}"
-            );
-            assert!(!err.contains("default."), "{err}");
-            jail.create_file(
-                "a.toml",
-                "[[apps]]\nid = \"1\"\nkey = \"k\"\nsecret = \"s\"\nclient_event = true\n",
-            )?;
-            let err = load(Some(Path::new("a.toml"))).expect_err("unknown key");
-            assert!(err.contains("apps.0.client_event: unknown field"), "{err}");
-            Ok(())
-        });
-    }
-
-    #[test]
-    fn reverb_variables_fill_in_and_herald_wins() {
-        Jail::expect_with(|jail| {
-            jail.set_env("REVERB_APP_ID", "rid");
-            jail.set_env("REVERB_APP_KEY", "rkey");
-            jail.set_env("REVERB_APP_SECRET", "rsecret");
-            jail.set_env("REVERB_SERVER_HOST", "127.0.0.1");
-            jail.set_env("REVERB_SERVER_PORT", "6001");
-            let c = load(None).expect("loads");
-            assert_eq!(c.apps.len(), 1);
-            assert_eq!(c.apps[0].key, "rkey");
-            assert_eq!(c.server.listen, "127.0.0.1:6001");
-            jail.set_env("HERALD_SERVER__LISTEN", "127.0.0.1:6002");
-            assert_eq!(load(None).expect("loads").server.listen, "127.0.0.1:6002");
-            Ok(())
-        });
-    }
-
-    #[test]
-    fn bad_values_are_named() {
-        Jail::expect_with(|jail| {
-            jail.create_file("h.toml", "[bus]\ndriver = \"kafka\"\n")?;
-            assert!(load(Some(Path::new("h.toml")))
-                .expect_err("bad")
-                .contains("bus.driver"));
-            jail.create_file("l.toml", "[server]\nlisten = \"nope\"\n")?;
-            assert!(load(Some(Path::new("l.toml")))
-                .expect_err("bad")
-                .contains("server.listen"));
-            Ok(())
-        });
-    }
-
-    #[test]
-    fn webhook_settings_are_checked() {
-        Jail::expect_with(|jail| {
-            let app = "[[apps]]\nid = \"1\"\nkey = \"k\"\nsecret = \"s\"\n";
-            jail.create_file("ok.toml", &format!("{app}[[apps.webhooks]]\nurl = \"https://example.com/hooks?token=t\"\nevent_types = [\"member_added\"]\n"))?;
-            let c = load(Some(Path::new("ok.toml"))).expect("valid");
-            assert_eq!(c.apps[0].webhooks.len(), 1);
-            assert!(c.apps[0].has_webhooks());
-            assert!(!c.redacted().contains("token=t"));
-            jail.create_file(
-                "url.toml",
-                &format!("{app}[[apps.webhooks]]\nurl = \"ftp://example.com\"\n"),
-            )?;
-            assert!(load(Some(Path::new("url.toml")))
-                .expect_err("bad")
-                .contains("apps[0].webhooks[0].url"));
-            jail.create_file("ev.toml", &format!("{app}[[apps.webhooks]]\nurl = \"http://h\"\nevent_types = [\"member_joined\"]\n"))?;
-            assert!(load(Some(Path::new("ev.toml")))
-                .expect_err("bad")
-                .contains("member_joined"));
-            Ok(())
-        });
-    }
-
-    #[test]
-    fn ids_that_could_alias_are_refused() {
-        Jail::expect_with(|jail| {
-            for (file, body, key) in [
-                ("n.toml", "[server]\nnode_id = \"n1|x\"\n", "server.node_id"),
-                ("b.toml", "[server]\nnode_id = \"a{b}\"\n", "server.node_id"),
-                (
-                    "a.toml",
-                    "[[apps]]\nid = \"a}b\"\nkey = \"k\"\nsecret = \"s\"\n",
-                    "apps[0].id",
-                ),
-                ("p.toml", "[bus]\nkey_prefix = \"h{x\"\n", "bus.key_prefix"),
-            ] {
-                jail.create_file(file, body)?;
-                let err = load(Some(Path::new(file))).expect_err(file);
-                assert!(err.contains(key), "{file}: {err}");
-            }
-            jail.create_file("ok.toml", "[server]\nnode_id = \"herald-0.eu_1\"\n")?;
-            assert!(load(Some(Path::new("ok.toml"))).is_ok());
-            Ok(())
-        });
-    }
-
-    #[test]
-    fn redaction() {
-        let mut c = Config::default();
-        c.apps.push(App::new("1", "k", "topsecret"));
-        c.bus.url = Some("redis://user:pw@host:6379".into());
-        c.admin.token = Some("admin-token-never-logged".into());
-        let r = c.redacted();
-        assert!(!r.contains("topsecret") && !r.contains("pw@"), "{r}");
-        assert!(!r.contains("admin-token-never-logged"), "{r}");
-    }
-
-    #[test]
-    fn admin_token_from_the_config_or_a_file() {
-        Jail::expect_with(|jail| {
-            jail.create_file("token", "  file-token-0123456789\n")?;
-            jail.create_file("f.toml", "[admin]\ntoken_file = \"token\"\n")?;
-            let c = load(Some(Path::new("f.toml"))).expect("valid");
-            assert_eq!(
-                c.admin.token().expect("ok").as_deref(),
-                Some("file-token-0123456789")
-            );
-            jail.create_file("short.toml", "[admin]\ntoken = \"short\"\n")?;
-            assert!(load(Some(Path::new("short.toml")))
-                .expect_err("too short")
-                .contains("admin.token"));
-            jail.create_file("missing.toml", "[admin]\ntoken_file = \"nope\"\n")?;
-            assert!(load(Some(Path::new("missing.toml")))
-                .expect_err("missing")
-                .contains("admin.token_file"));
-            assert_eq!(Config::default().admin.token(), Ok(None));
-            Ok(())
-        });
     }
 }

@@ -16,7 +16,9 @@ use hyper_util::rt::TokioIo;
 use serde_json::Value;
 use tokio::net::TcpStream;
 
+pub mod admin;
 pub mod client;
+pub mod db;
 pub mod faults;
 pub mod hooks;
 pub mod proxy;
