@@ -95,6 +95,7 @@ CONTRACT_METRICS = {
     "herald_client_events_rate_limited_total": "counter",
     "herald_ready": "gauge",
     "herald_draining": "gauge",
+    "herald_apps_store_up": "gauge",
 }
 HISTOGRAM_SUFFIXES = ("_bucket", "_sum", "_count")
 
@@ -111,6 +112,7 @@ CONFIG_CONTRACT = {
         "sentinel_master": str, "key_prefix": str, "tls_ca_file": str,
     },
     "tls": {"cert": str, "key": str},
+    "apps_store": {"driver": str, "url": str, "table": str, "secret_grace_seconds": int},
 }
 APP_CONTRACT = {"id": str, "key": str, "secret": str, "client_events": bool, "max_connections": int}
 
@@ -206,6 +208,15 @@ def config_problems(text: str, where: str, expect_apps: bool = True) -> list[str
                     problems.append(f"{where}: bus.{key} {url!r} is not a redis:// or rediss:// URL")
         if bus.get("sentinel_urls") and not bus.get("sentinel_master"):
             problems.append(f"{where}: bus.sentinel_urls without bus.sentinel_master")
+    store = cfg.get("apps_store", {})
+    store_driver = store.get("driver", "file")
+    if store_driver not in ("file", "postgres", "mysql"):
+        problems.append(f"{where}: apps_store.driver {store_driver!r} is not file, postgres or mysql")
+    if store_driver == "file" and ("url" in store):
+        problems.append(f"{where}: apps_store.url with the file driver")
+    schemes = {"postgres": r"^postgres(ql)?://", "mysql": r"^(mysql|mariadb)://"}
+    if "url" in store and store_driver in schemes and not re.match(schemes[store_driver], store["url"]):
+        problems.append(f"{where}: apps_store.url is not a {store_driver} URL")
     server = cfg.get("server", {})
     if server.get("drain_window", 0) > server.get("drain_deadline", 1 << 30):
         problems.append(f"{where}: drain_window exceeds drain_deadline")
@@ -309,6 +320,11 @@ def check_helm(rep: Report, manifests: dict[str, list[dict]]) -> None:
         "redis.caSecret with a redis:// url": ({"redis": {"mode": "external", "url": "redis://r:6379",
                                                           "caSecret": "ca"}}, "not rediss://"),
         "drain window beyond deadline": ({"drain": {"windowSeconds": 40, "deadlineSeconds": 30}}, "drain"),
+        "appsStore.driver outside the enum": ({"appsStore": {"driver": "sqlite"}}, "driver"),
+        "appsStore database without a URL": ({"appsStore": {"driver": "postgres"}}, "appsStore.url"),
+        "appsStore url of another database": ({"appsStore": {"driver": "mysql",
+                                                            "url": "postgres://db/herald"}}, "mysql://"),
+        "appsStore table that is not a name": ({"appsStore": {"table": "apps; drop"}}, "table"),
     }
     for label, (values, needle) in must_fail.items():
         name = f"helm rejects bad values: {label}"
@@ -350,6 +366,7 @@ def statefulset_problems(sts: dict, values: dict) -> list[str]:
         problems.append(f"args {main.get('args')} do not pass --config /etc/herald/herald.toml")
     if not main.get("lifecycle", {}).get("preStop", {}).get("exec"):
         problems.append("no preStop exec hook")
+    problems += apps_store_problems(pod, main, values)
     ca_secret = values.get("redis", {}).get("caSecret")
     if ca_secret:
         vols = {v["name"]: v for v in pod.get("volumes", [])}
@@ -360,6 +377,33 @@ def statefulset_problems(sts: dict, values: dict) -> list[str]:
                 items.get(values["redis"]["caSecretKey"]) != "ca.pem" or \
                 mounts.get("redis-ca") != "/etc/herald/redis-ca":
             problems.append("redis.caSecret is not mounted as /etc/herald/redis-ca/ca.pem")
+    return problems
+
+
+def apps_store_problems(pod: dict, main: dict, values: dict) -> list[str]:
+    """A database apps store: its URL from the Secret in every container that reads the
+    config, and `herald migrate` at pod start when asked for."""
+    store = values.get("appsStore")
+    if store is None:  # the kustomize manifests: apps in the file
+        return []
+    inits = {c["name"]: c for c in pod.get("initContainers", [])}
+    migrate = inits.get("migrate")
+    database = store["driver"] != "file"
+    problems = []
+    if bool(migrate) != (database and store["migrate"]):
+        problems.append(f"migrate init container {'present' if migrate else 'missing'} "
+                        f"for appsStore {store['driver']} (migrate {store['migrate']})")
+    if migrate and "herald migrate --config /etc/herald/herald.toml" not in " ".join(
+            migrate.get("command", [])):
+        problems.append("the migrate init container does not run herald migrate on the config")
+    want = (store["existingSecret"], store["existingSecretKey"]) \
+        if database and store["existingSecret"] else None
+    for container in [main] + ([migrate] if migrate else []):
+        env = {e["name"]: e for e in container.get("env", [])}
+        ref = env.get("HERALD_APPS_STORE__URL", {}).get("valueFrom", {}).get("secretKeyRef")
+        got = (ref["name"], ref["key"]) if ref else None
+        if got != want:
+            problems.append(f"{container['name']}: HERALD_APPS_STORE__URL from {got}, expected {want}")
     return problems
 
 
@@ -413,6 +457,15 @@ def chart_config_expectations(values: dict, text: str) -> list[str]:
         problems.append("drain settings not rendered")
     if server.get("max_connections") != values["limits"]["maxConnections"]:
         problems.append("limits.maxConnections not rendered")
+    store, want = cfg.get("apps_store", {}), values["appsStore"]
+    if store.get("driver") != want["driver"]:
+        problems.append(f"appsStore.driver {want['driver']} rendered apps_store.driver {store.get('driver')!r}")
+    inline_url = want["driver"] != "file" and want["url"] and not want["existingSecret"]
+    if bool(inline_url) != ("url" in store) or (inline_url and store["url"] != want["url"]):
+        problems.append("apps_store.url does not follow appsStore.url / existingSecret")
+    if want["driver"] != "file" and (store.get("table") != want["table"] or
+                                     store.get("secret_grace_seconds") != want["secretGraceSeconds"]):
+        problems.append("appsStore.table / secretGraceSeconds not rendered")
     return problems
 
 

@@ -120,11 +120,33 @@ app.kubernetes.io/part-of: herald
 {{- if gt (int .Values.drain.windowSeconds) (int .Values.drain.deadlineSeconds) }}
 {{- fail "\n\nherald: drain.windowSeconds must not exceed drain.deadlineSeconds." }}
 {{- end }}
-{{- if and (not .Values.apps.existingSecret) (empty .Values.apps.inline) }}
-{{- fail "\n\nherald: no apps configured. Set apps.inline (a list of {id, key, secret}) or apps.existingSecret." }}
+{{- $store := .Values.appsStore }}
+{{- if and (eq $store.driver "file") (not .Values.apps.existingSecret) (empty .Values.apps.inline) }}
+{{- fail "\n\nherald: no apps configured. Set apps.inline (a list of {id, key, secret}) or apps.existingSecret, or keep apps in a database (appsStore.driver postgres or mysql)." }}
+{{- end }}
+{{- if and (ne $store.driver "file") (not $store.url) (not $store.existingSecret) }}
+{{- fail (printf "\n\nherald: appsStore.driver=%s needs appsStore.url or appsStore.existingSecret holding the database URL." $store.driver) }}
+{{- end }}
+{{- if and (eq $store.driver "postgres") $store.url (not (regexMatch "^postgres(ql)?://" $store.url)) }}
+{{- fail "\n\nherald: appsStore.driver=postgres needs a postgres:// URL in appsStore.url." }}
+{{- end }}
+{{- if and (eq $store.driver "mysql") $store.url (not (regexMatch "^(mysql|mariadb)://" $store.url)) }}
+{{- fail "\n\nherald: appsStore.driver=mysql needs a mysql:// URL in appsStore.url." }}
 {{- end }}
 {{- if and .Values.autoscaling.enabled (gt (int .Values.autoscaling.minReplicas) (int .Values.autoscaling.maxReplicas)) }}
 {{- fail "\n\nherald: autoscaling.minReplicas must not exceed autoscaling.maxReplicas." }}
+{{- end }}
+{{- end }}
+
+{{/* HERALD_APPS_STORE__URL from appsStore.existingSecret (main and migrate
+     containers). */}}
+{{- define "herald.appsStoreUrlEnv" -}}
+{{- if and (ne .Values.appsStore.driver "file") .Values.appsStore.existingSecret }}
+- name: HERALD_APPS_STORE__URL
+  valueFrom:
+    secretKeyRef:
+      name: {{ .Values.appsStore.existingSecret }}
+      key: {{ .Values.appsStore.existingSecretKey }}
 {{- end }}
 {{- end }}
 
@@ -174,6 +196,16 @@ cluster_urls = {{ .Values.redis.cluster.urls | toJson }}
 tls_ca_file = "/etc/herald/redis-ca/ca.pem"
 {{- end }}
 key_prefix = {{ .Values.redis.keyPrefix | toJson }}
+
+[apps_store]
+driver = {{ .Values.appsStore.driver | toJson }}
+{{- if ne .Values.appsStore.driver "file" }}
+{{- if and .Values.appsStore.url (not .Values.appsStore.existingSecret) }}
+url = {{ .Values.appsStore.url | toJson }}
+{{- end }}
+table = {{ .Values.appsStore.table | toJson }}
+secret_grace_seconds = {{ int .Values.appsStore.secretGraceSeconds }}
+{{- end }}
 {{- if .Values.tls.enabled }}
 
 [tls]
