@@ -215,6 +215,13 @@ async fn publish(node: &Node, req: Request<Incoming>) -> Response<AdminBody> {
     let Some(app) = node.hub.app_by_id(v["app"].as_str().unwrap_or_default()) else {
         return error(StatusCode::NOT_FOUND, "Unknown app id");
     };
+    // A disabled app publishes nothing, as through the API.
+    if !app.enabled {
+        return error(
+            StatusCode::FORBIDDEN,
+            &herald_protocol::ProtocolError::AppDisabled(app.id.clone()).to_string(),
+        );
+    }
     // The app's API rate limit applies as to any other publisher.
     if !node.take_api_token(&app) {
         return error(

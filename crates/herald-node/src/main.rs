@@ -37,11 +37,17 @@ fn main() -> std::process::ExitCode {
         let path = file.clone().or(cli.config.clone());
         return match config::load(path.as_deref()) {
             Ok(c) => {
+                let apps = if c.apps_store.is_database() {
+                    format!(
+                        "apps in {} table {}",
+                        c.apps_store.driver, c.apps_store.table
+                    )
+                } else {
+                    format!("{} app(s)", c.apps.len())
+                };
                 println!(
-                    "configuration OK: {} app(s), listen {}, bus {}",
-                    c.apps.len(),
-                    c.server.listen,
-                    c.bus.driver
+                    "configuration OK: {apps}, listen {}, bus {}",
+                    c.server.listen, c.bus.driver
                 );
                 std::process::ExitCode::SUCCESS
             }

@@ -174,6 +174,19 @@ async fn lifecycle(driver: Driver) {
         (status, body["error"].as_str()),
         (403, Some("App live is disabled"))
     );
+    let publish = json!({"app": "live", "channel": "news", "event": "e", "data": "x"});
+    let (status, _) = admin(
+        b.admin_port,
+        "POST",
+        "/console/api/publish",
+        Some(ADMIN_TOKEN),
+        &publish.to_string(),
+    )
+    .await;
+    assert_eq!(
+        status, 403,
+        "the console publishes nothing for a disabled app"
+    );
 
     // Enabled again, then deleted: 4001 on both nodes, then unknown.
     let on = json!({"key": "live-key", "secret": SECRET2});
