@@ -112,13 +112,22 @@ fn store_error(e: &StoreError) -> Response<AdminBody> {
 
 async fn list(node: &Node) -> Response<AdminBody> {
     match node.apps.list().await {
-        Ok(apps) => reply(
-            StatusCode::OK,
-            &json!({
-                "driver": node.apps.driver(),
-                "apps": apps.iter().map(shown).collect::<Vec<_>>(),
-            }),
-        ),
+        Ok(loaded) => {
+            // Rows the nodes refuse (a bad value written by hand), and why.
+            let invalid: Vec<Value> = loaded
+                .invalid
+                .iter()
+                .map(|(id, error)| json!({ "id": id, "error": error }))
+                .collect();
+            reply(
+                StatusCode::OK,
+                &json!({
+                    "driver": node.apps.driver(),
+                    "apps": loaded.apps.iter().map(shown).collect::<Vec<_>>(),
+                    "invalid": invalid,
+                }),
+            )
+        }
         Err(e) => store_error(&e),
     }
 }

@@ -106,3 +106,10 @@ async fn admin_api_is_off_without_a_token() {
         "{body}"
     );
 }
+
+#[tokio::test]
+async fn migrate_needs_a_database_store() {
+    let (ok, out, err) = migrate(&default_apps()).await;
+    assert!(!ok, "{out}");
+    assert!(err.contains("nothing to migrate"), "{err}");
+}

@@ -203,6 +203,12 @@ async fn lifecycle(driver: Driver) {
     assert_eq!(new.trigger(&["news"], "e", "x", None).await.0, 404);
     assert_eq!(delete_app(&a, "live").await.0, 404);
 
+    // A row written by hand with a bad value: listed with the reason, served by no node.
+    db.sql(
+        "INSERT INTO herald_apps (id, app_key, secret, max_connections) \
+         VALUES ('broken', 'broken-key', 'broken-secret-0123', -5)",
+    );
+    assert_eq!(refused(&b, "broken-key").await.0, 4001);
     // What the admin API lists: the store's apps, secrets masked.
     let (status, list) = admin(b.admin_port, "GET", "/admin/apps", Some(ADMIN_TOKEN), "").await;
     assert_eq!(status, 200);
@@ -214,6 +220,9 @@ async fn lifecycle(driver: Driver) {
         .map(|a| a["id"].as_str().unwrap())
         .collect();
     assert_eq!(ids, ["imported"]);
+    assert_eq!(list["invalid"][0]["id"], "broken", "{list}");
+    let why = list["invalid"][0]["error"].as_str().unwrap();
+    assert!(why.starts_with("max_connections"), "{why}");
     assert!(!list.to_string().contains("imported-secret"), "{list}");
     println!(
         "{driver:?}: created→served on B {create_took:?}, rotation on B {rotate_took:?}, \

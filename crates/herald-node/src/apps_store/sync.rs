@@ -23,7 +23,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::{AppsStore, Put, StoreError};
+use super::{AppsStore, Loaded, Put, StoreError};
 use crate::metrics;
 
 /// Period of the safety-net full reload (notices lost while the bus was down, rows changed
@@ -407,6 +407,13 @@ impl AppsSync {
                 self.remember_absent(tag);
                 Ok(None)
             }
+            // A row the checks refuse serves nothing until it is fixed: as absent.
+            Err(StoreError::Invalid(why)) => {
+                metrics::apps_store_lookup("error");
+                tracing::error!(error = %why, "app in the store refused");
+                self.remember_absent(tag);
+                Ok(None)
+            }
             Err(e) => {
                 metrics::apps_store_lookup("error");
                 self.failed(&e);
@@ -448,17 +455,16 @@ impl AppsSync {
             .spawn(async move { hub.announce_apps_changed(&[id]).await });
     }
 
-    /// Every app as the store has it (the database's rows; the hub's apps for the file store).
-    pub async fn list(&self) -> Result<Vec<App>, StoreError> {
+    /// Every app as the store has it (the database's rows, and those that fail the checks;
+    /// the hub's apps for the file store).
+    pub async fn list(&self) -> Result<Loaded, StoreError> {
         if !self.store.is_database() {
-            return Ok(self.hub.apps().iter().map(|a| (*a).clone()).collect());
+            return Ok(Loaded {
+                apps: self.hub.apps().iter().map(|a| (*a).clone()).collect(),
+                invalid: Vec::new(),
+            });
         }
-        let loaded = self
-            .store
-            .load_all()
-            .await
-            .inspect_err(|e| self.failed(e))?;
-        Ok(loaded.apps)
+        self.store.load_all().await.inspect_err(|e| self.failed(e))
     }
 
     /// One app as the store has it.
