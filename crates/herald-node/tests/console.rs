@@ -9,6 +9,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use common::admin::admin as call;
 use common::hooks::Receiver;
 use common::redis::Redis;
 use common::*;
@@ -24,39 +25,6 @@ const TOKEN: &str = "console-token-for-tests";
 
 fn admin(token: &str) -> String {
     format!("[admin]\ntoken = \"{token}\"\n")
-}
-
-/// A request to the admin port with the console token (or `token`).
-async fn call(
-    port: u16,
-    method: &str,
-    path: &str,
-    token: Option<&str>,
-    body: &str,
-) -> (u16, Value) {
-    let stream = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .unwrap();
-    tokio::spawn(conn);
-    let mut req = Request::builder()
-        .method(method)
-        .uri(path)
-        .header("Host", "127.0.0.1");
-    if let Some(t) = token {
-        req = req.header("Authorization", format!("Bearer {t}"));
-    }
-    let res = sender
-        .send_request(req.body(Full::new(Bytes::from(body.to_owned()))).unwrap())
-        .await
-        .unwrap();
-    let status = res.status().as_u16();
-    let bytes = res.into_body().collect().await.unwrap().to_bytes();
-    let text = String::from_utf8_lossy(&bytes).into_owned();
-    (
-        status,
-        serde_json::from_str(&text).unwrap_or(Value::String(text)),
-    )
 }
 
 async fn get(node: &Herald, path: &str) -> (u16, Value) {
