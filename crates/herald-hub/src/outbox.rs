@@ -6,6 +6,7 @@
 //! fan-out to anyone else.
 
 use std::collections::VecDeque;
+use std::task::{Context, Poll, Waker};
 
 use bytes::Bytes;
 use parking_lot::Mutex;
@@ -37,6 +38,8 @@ struct Inner {
     /// Publish time of the oldest queued publication (for the delivery latency metric).
     oldest_publish_us: u64,
     close: Option<CloseReason>,
+    /// The writer, waiting for something to send (see [`Outbox::poll_ready`]).
+    writer: Option<Waker>,
 }
 
 /// What one drain took out, besides the frames.
@@ -47,6 +50,12 @@ pub struct Drained {
     pub oldest_publish_us: u64,
 }
 
+fn wake(writer: Option<Waker>) {
+    if let Some(w) = writer {
+        w.wake();
+    }
+}
+
 /// Most protocol pongs kept pending; a client that pings faster than it reads gets fewer.
 const MAX_PENDING_PONGS: usize = 4;
 
@@ -54,7 +63,6 @@ const MAX_PENDING_PONGS: usize = 4;
 #[derive(Debug)]
 pub struct Outbox {
     inner: Mutex<Inner>,
-    notify: Notify,
     /// Woken when a close is requested, for a writer blocked on a client that stopped reading.
     closing: Notify,
     limit: usize,
@@ -72,8 +80,8 @@ impl Outbox {
                 pongs: Vec::new(),
                 oldest_publish_us: 0,
                 close: None,
+                writer: None,
             }),
-            notify: Notify::new(),
             closing: Notify::new(),
             limit: limit_bytes,
         }
@@ -96,8 +104,9 @@ impl Outbox {
                 code: SLOW_CLIENT_CODE,
                 message: "Connection is not reading its messages fast enough".into(),
             });
+            let writer = inner.writer.take();
             drop(inner);
-            self.notify.notify_one();
+            wake(writer);
             self.closing.notify_waiters();
             return Pushed::Overflowed;
         }
@@ -105,12 +114,10 @@ impl Outbox {
         if inner.oldest_publish_us == 0 {
             inner.oldest_publish_us = published_at_us;
         }
-        let was_empty = inner.queue.is_empty();
         inner.queue.push_back(frame);
+        let writer = inner.writer.take();
         drop(inner);
-        if was_empty {
-            self.notify.notify_one();
-        }
+        wake(writer);
         Pushed::Queued
     }
 
@@ -124,8 +131,9 @@ impl Outbox {
                 message: message.into(),
             });
         }
+        let writer = inner.writer.take();
         drop(inner);
-        self.notify.notify_one();
+        wake(writer);
         self.closing.notify_waiters();
     }
 
@@ -140,8 +148,9 @@ impl Outbox {
             return;
         }
         inner.pongs.push(payload);
+        let writer = inner.writer.take();
         drop(inner);
-        self.notify.notify_one();
+        wake(writer);
     }
 
     /// Like [`Outbox::drain`], and also moves pending pongs into `pongs`.
@@ -160,13 +169,14 @@ impl Outbox {
     /// queue is empty.
     pub fn drain(&self, out: &mut Vec<Bytes>) -> Option<CloseReason> {
         let mut inner = self.inner.lock();
-        out.extend(inner.queue.drain(..));
+        // The queue's storage goes with its frames: an idle connection holds none.
+        let queue = std::mem::take(&mut inner.queue);
         inner.bytes = 0;
         inner.oldest_publish_us = 0;
-        if inner.queue.capacity() > 64 {
-            inner.queue.shrink_to(16);
-        }
-        inner.close.clone()
+        let close = inner.close.clone();
+        drop(inner);
+        out.extend(queue);
+        close
     }
 
     /// Resolves once a close has been requested.
@@ -182,9 +192,24 @@ impl Outbox {
         }
     }
 
+    /// Ready once something is queued or a close is requested; otherwise the writer's waker is
+    /// kept (one writer per outbox) and woken by the next push. Level-triggered and stateless
+    /// for the caller: a connection waiting here holds no future of its own.
+    pub fn poll_ready(&self, cx: &mut Context<'_>) -> Poll<()> {
+        let mut inner = self.inner.lock();
+        if !inner.queue.is_empty() || !inner.pongs.is_empty() || inner.close.is_some() {
+            return Poll::Ready(());
+        }
+        match &mut inner.writer {
+            Some(w) => w.clone_from(cx.waker()),
+            slot => *slot = Some(cx.waker().clone()),
+        }
+        Poll::Pending
+    }
+
     /// Waits until something is queued or a close is requested.
     pub async fn ready(&self) {
-        self.notify.notified().await
+        std::future::poll_fn(|cx| self.poll_ready(cx)).await
     }
 
     pub fn queued_bytes(&self) -> usize {

@@ -36,7 +36,8 @@ pub struct Session {
     hub: Arc<Hub>,
     conn: Arc<Connection>,
     subscriptions: HashMap<ChannelName, Subscription>,
-    user: Option<UserData>,
+    /// Boxed: most connections never sign in, and every connection holds a session.
+    user: Option<Box<UserData>>,
     client_events: TokenBucket,
 }
 
@@ -490,7 +491,7 @@ impl Session {
             }
             self.watch(&user.watchlist).await;
         }
-        self.user = Some(user);
+        self.user = Some(Box::new(user));
         Ok(())
     }
 

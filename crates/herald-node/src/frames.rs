@@ -8,7 +8,11 @@
 
 use bytes::{Buf, BytesMut};
 use fastwebsockets::OpCode;
-use tokio::io::{AsyncRead, AsyncReadExt};
+use std::mem::MaybeUninit;
+use std::pin::Pin;
+use std::task::Poll;
+
+use tokio::io::{AsyncRead, AsyncReadExt, ReadBuf};
 
 /// A complete message or control frame.
 #[derive(Debug, PartialEq, Eq)]
@@ -34,14 +38,14 @@ pub enum ReadError {
 }
 
 /// Smallest read; a `pusher:subscribe` with presence data fits.
-const READ_CHUNK: usize = 1024;
+const READ_CHUNK: usize = 2048;
 
 pub struct FrameReader<R> {
     io: R,
     buf: BytesMut,
     max_message: usize,
     /// A fragmented message being assembled: its opcode and the bytes so far.
-    partial: Option<(OpCode, BytesMut)>,
+    partial: Option<Box<(OpCode, BytesMut)>>,
 }
 
 impl<R: AsyncRead + Unpin> FrameReader<R> {
@@ -60,10 +64,32 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
     }
 
     /// Reads until `buf` holds at least `n` bytes.
+    ///
+    /// A connection spends its life waiting here for a frame that may never come, so the wait
+    /// holds no buffer: while `buf` is empty, bytes are read into the stack and copied into a
+    /// buffer of their own size in the same poll (nothing is lost if the wait is cancelled).
+    /// Only the rest of a frame already begun is read into reserved space.
     async fn fill(&mut self, n: usize) -> Result<(), ReadError> {
         while self.buf.len() < n {
-            self.buf.reserve((n - self.buf.len()).max(READ_CHUNK));
-            match self.io.read_buf(&mut self.buf).await {
+            let read = if self.buf.is_empty() {
+                std::future::poll_fn(|cx| {
+                    let mut chunk = [MaybeUninit::<u8>::uninit(); READ_CHUNK];
+                    let mut rb = ReadBuf::uninit(&mut chunk);
+                    match Pin::new(&mut self.io).poll_read(cx, &mut rb) {
+                        Poll::Ready(Ok(())) => {
+                            self.buf.extend_from_slice(rb.filled());
+                            Poll::Ready(Ok(rb.filled().len()))
+                        }
+                        Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+                        Poll::Pending => Poll::Pending,
+                    }
+                })
+                .await
+            } else {
+                self.buf.reserve((n - self.buf.len()).max(READ_CHUNK));
+                self.io.read_buf(&mut self.buf).await
+            };
+            match read {
                 Ok(0) | Err(_) => return Err(ReadError::Closed),
                 Ok(_) => {}
             }
@@ -105,7 +131,7 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
             if control && (!fin || len > 125) {
                 return Err(ReadError::Protocol("invalid control frame"));
             }
-            let so_far = self.partial.as_ref().map(|(_, b)| b.len()).unwrap_or(0);
+            let so_far = self.partial.as_ref().map(|p| p.1.len()).unwrap_or(0);
             if !control && so_far.saturating_add(len) > self.max_message {
                 // Read a moderately oversized frame to its end before refusing it, so the close
                 // frame is not lost to a TCP reset over unread data; refuse huge ones at once.
@@ -139,18 +165,18 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
                         return Err(ReadError::Protocol("new message inside a fragmented one"));
                     }
                     if !fin {
-                        self.partial = Some((opcode, payload));
+                        self.partial = Some(Box::new((opcode, payload)));
                         continue;
                     }
                     return finish(opcode, payload);
                 }
                 OpCode::Continuation => {
-                    let Some((first, mut data)) = self.partial.take() else {
+                    let Some((first, mut data)) = self.partial.take().map(|p| *p) else {
                         return Err(ReadError::Protocol("continuation without a message"));
                     };
                     data.extend_from_slice(&payload);
                     if !fin {
-                        self.partial = Some((first, data));
+                        self.partial = Some(Box::new((first, data)));
                         continue;
                     }
                     return finish(first, data);
@@ -235,6 +261,29 @@ mod tests {
                 return out;
             }
         }
+    }
+
+    #[tokio::test]
+    async fn an_idle_reader_holds_no_buffer_and_loses_nothing_when_cancelled() {
+        let (mut client, server) = tokio::io::duplex(1 << 16);
+        let mut r = FrameReader::new(server, 1 << 20);
+        // Waiting for a frame that does not come (and giving up, as the connection's wait
+        // does on every wake) holds no buffer.
+        let waited = tokio::time::timeout(std::time::Duration::from_millis(20), r.next()).await;
+        assert!(waited.is_err());
+        assert_eq!(r.buf.capacity(), 0);
+        // Half a frame arrives, the wait is cancelled, the rest arrives: one whole message.
+        let whole = frame(true, 0x1, &[b'x'; 3000]);
+        client.write_all(&whole[..1500]).await.expect("write");
+        let waited = tokio::time::timeout(std::time::Duration::from_millis(20), r.next()).await;
+        assert!(waited.is_err(), "half a frame is not a message");
+        client.write_all(&whole[1500..]).await.expect("write");
+        assert_eq!(
+            r.next().await,
+            Ok(Message::Text(BytesMut::from(&[b'x'; 3000][..])))
+        );
+        // Read to its end, the frame leaves nothing behind.
+        assert_eq!(r.buf.capacity(), 0);
     }
 
     #[tokio::test]

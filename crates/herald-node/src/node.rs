@@ -52,25 +52,25 @@ impl std::fmt::Debug for Node {
 
 /// Holds one of the node's `max_connections` slots until dropped; counts the connection in
 /// its app's gauge once admitted.
-pub struct OpenGuard<'a> {
-    node: &'a Node,
-    app: Option<String>,
+pub struct OpenGuard {
+    node: Arc<Node>,
+    app: Option<Arc<herald_hub::LiveApp>>,
 }
 
-impl OpenGuard<'_> {
+impl OpenGuard {
     /// The connection passed every check: count it for its app.
-    pub fn admitted(&mut self, app: &str) {
-        metrics::connection_gauge(app, 1.0);
-        metrics::opened(app);
-        self.app = Some(app.to_owned());
+    pub fn admitted(&mut self, app: &Arc<herald_hub::LiveApp>) {
+        metrics::connection_gauge(&app.id, 1.0);
+        metrics::opened(&app.id);
+        self.app = Some(app.clone());
     }
 }
 
-impl Drop for OpenGuard<'_> {
+impl Drop for OpenGuard {
     fn drop(&mut self) {
         self.node.open.fetch_sub(1, Ordering::AcqRel);
         if let Some(app) = &self.app {
-            metrics::connection_gauge(app, -1.0);
+            metrics::connection_gauge(&app.id, -1.0);
         }
     }
 }
@@ -219,7 +219,7 @@ impl Node {
 
     /// Takes one of the node's `max_connections` slots, atomically with the check, so that
     /// handshakes waiting on the cluster bus cannot overshoot the limit together.
-    pub fn reserve_connection(&self) -> Option<OpenGuard<'_>> {
+    pub fn reserve_connection(self: &Arc<Self>) -> Option<OpenGuard> {
         let max = self.config.server.max_connections;
         self.open
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
@@ -227,7 +227,7 @@ impl Node {
             })
             .ok()
             .map(|_| OpenGuard {
-                node: self,
+                node: self.clone(),
                 app: None,
             })
     }

@@ -97,11 +97,10 @@ async fn route(
                 ));
             }
         };
+        let connections = tracker.clone();
         tracker.spawn(async move {
-            // The connection keeps counting against its IP while it lives.
-            let _ip_slot = ip_slot;
             match upgrade.await {
-                Ok(ws) => ws::serve(node, ws, hs).await,
+                Ok(ws) => ws::serve(node, connections, ip_slot, ws, hs).await,
                 Err(e) => tracing::debug!(error = %e, "WebSocket upgrade failed"),
             }
         });
