@@ -10,7 +10,6 @@ use std::task::{Context, Poll, Waker};
 
 use bytes::Bytes;
 use parking_lot::Mutex;
-use tokio::sync::Notify;
 
 /// Why a connection is being closed by the server.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -50,6 +49,13 @@ pub struct Drained {
     pub oldest_publish_us: u64,
 }
 
+fn register(slot: &mut Option<Waker>, cx: &Context<'_>) {
+    match slot {
+        Some(w) => w.clone_from(cx.waker()),
+        None => *slot = Some(cx.waker().clone()),
+    }
+}
+
 fn wake(writer: Option<Waker>) {
     if let Some(w) = writer {
         w.wake();
@@ -63,8 +69,6 @@ const MAX_PENDING_PONGS: usize = 4;
 #[derive(Debug)]
 pub struct Outbox {
     inner: Mutex<Inner>,
-    /// Woken when a close is requested, for a writer blocked on a client that stopped reading.
-    closing: Notify,
     limit: usize,
 }
 
@@ -82,7 +86,6 @@ impl Outbox {
                 close: None,
                 writer: None,
             }),
-            closing: Notify::new(),
             limit: limit_bytes,
         }
     }
@@ -107,7 +110,6 @@ impl Outbox {
             let writer = inner.writer.take();
             drop(inner);
             wake(writer);
-            self.closing.notify_waiters();
             return Pushed::Overflowed;
         }
         inner.bytes += frame.len();
@@ -134,7 +136,6 @@ impl Outbox {
         let writer = inner.writer.take();
         drop(inner);
         wake(writer);
-        self.closing.notify_waiters();
     }
 
     pub fn is_closing(&self) -> bool {
@@ -179,17 +180,18 @@ impl Outbox {
         close
     }
 
-    /// Resolves once a close has been requested.
+    /// Resolves once a close has been requested. For the writer, while it is blocked on a
+    /// client that stopped reading (it shares the writer's waker slot with `poll_ready`).
     pub async fn closing(&self) {
-        loop {
-            let notified = self.closing.notified();
-            tokio::pin!(notified);
-            notified.as_mut().enable();
-            if self.is_closing() {
-                return;
+        std::future::poll_fn(|cx| {
+            let mut inner = self.inner.lock();
+            if inner.close.is_some() {
+                return Poll::Ready(());
             }
-            notified.await;
-        }
+            register(&mut inner.writer, cx);
+            Poll::Pending
+        })
+        .await
     }
 
     /// Ready once something is queued or a close is requested; otherwise the writer's waker is
@@ -200,10 +202,7 @@ impl Outbox {
         if !inner.queue.is_empty() || !inner.pongs.is_empty() || inner.close.is_some() {
             return Poll::Ready(());
         }
-        match &mut inner.writer {
-            Some(w) => w.clone_from(cx.waker()),
-            slot => *slot = Some(cx.waker().clone()),
-        }
+        register(&mut inner.writer, cx);
         Poll::Pending
     }
 

@@ -2,7 +2,6 @@
 //! client-event budget. The node feeds it decoded frames; it answers through the connection's
 //! outbound queue and changes hub and bus state.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -26,7 +25,10 @@ struct Subscription {
     presence_user: Option<String>,
 }
 
+mod subscriptions;
 mod watchlist;
+
+use subscriptions::Subscriptions;
 
 /// Most users one sign-in may watch (more: the first 100 and a 4302 error).
 pub const MAX_WATCHLIST: usize = 100;
@@ -35,7 +37,7 @@ pub const MAX_WATCHLIST: usize = 100;
 pub struct Session {
     hub: Arc<Hub>,
     conn: Arc<Connection>,
-    subscriptions: HashMap<ChannelName, Subscription>,
+    subscriptions: Subscriptions,
     /// Boxed: most connections never sign in, and every connection holds a session.
     user: Option<Box<UserData>>,
     client_events: TokenBucket,
@@ -60,7 +62,7 @@ impl Session {
         Session {
             hub,
             conn,
-            subscriptions: HashMap::new(),
+            subscriptions: Subscriptions::default(),
             user: None,
             client_events: TokenBucket::new(rate),
         }
@@ -568,7 +570,7 @@ impl Session {
 
     /// Leaves every channel and releases the connection. Call once, when the socket is gone.
     pub async fn close(mut self) {
-        let subs: Vec<_> = self.subscriptions.drain().collect();
+        let subs = self.subscriptions.take_all();
         for (channel, sub) in subs {
             self.leave(&channel, sub).await;
         }
