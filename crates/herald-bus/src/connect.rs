@@ -149,8 +149,6 @@ pub fn build(cfg: &RedisBusConfig) -> Result<(Client, SubscriberClient, Topology
     builder
         .with_performance_config(|p| {
             p.default_command_timeout = cfg.command_timeout;
-            // Bus messages are read by one task that only pushes into outboxes.
-            p.broadcast_channel_capacity = 1 << 16;
         })
         .with_connection_config(|c| {
             c.connection_timeout = Duration::from_secs(2);
@@ -168,6 +166,11 @@ pub fn build(cfg: &RedisBusConfig) -> Result<(Client, SubscriberClient, Topology
             cfg.reconnect_delay.as_millis() as u32,
         ));
     let client = builder.build()?;
+    // Only the subscriber client receives bus messages, read by one task that only pushes
+    // into outboxes: it alone gets a deep channel. fred allocates every event channel of a
+    // client at this capacity up front (about 48 MB per client at 65,536), so the command
+    // client keeps fred's default.
+    builder.with_performance_config(|p| p.broadcast_channel_capacity = 1 << 16);
     let subscriber = builder.build_subscriber_client()?;
     Ok((client, subscriber, topology))
 }
