@@ -9,9 +9,11 @@
 # Environment:
 #   BENCH_SERVERS    servers to run (default "herald sockudo soketi"; missing peers are skipped,
 #                    install them with loadtest/peers/install-*.sh)
-#   BENCH_SCENARIOS  scenarios (default "idle fanout burst burst-batch storm presence cluster
-#                    cluster-sharded"; cluster-sharded runs Herald on a 3-master Redis Cluster)
+#   BENCH_SCENARIOS  scenarios (default "idle idle-max fanout fanout-1k burst burst-batch storm
+#                    presence cluster cluster-sharded"; cluster-sharded runs Herald on a 3-master
+#                    Redis Cluster)
 #   BENCH_N          connections for idle, fanout, burst and storm (default 10000)
+#   BENCH_N_MAX      connections for idle-max (default 19900: under a 20,000 open-files limit)
 #   BENCH_OUT        output directory
 #   BENCH_HERALD_BIN the herald binary (default target/release/herald), e.g. an older build to
 #                    compare with in the same run
@@ -25,8 +27,9 @@ root="$(cd "$(dirname "$0")/.." && pwd)"
 peers="$root/loadtest/peers"
 out="${BENCH_OUT:-$root/target/bench/$(date -u +%Y%m%dT%H%M%SZ)}"
 servers="${BENCH_SERVERS:-herald sockudo soketi}"
-scenarios="${BENCH_SCENARIOS:-idle fanout burst burst-batch storm presence cluster cluster-sharded}"
+scenarios="${BENCH_SCENARIOS:-idle idle-max fanout fanout-1k burst burst-batch storm presence cluster cluster-sharded}"
 n="${BENCH_N:-10000}"
+n_max="${BENCH_N_MAX:-19900}"
 lt="$root/target/release/herald-loadtest"
 herald="${BENCH_HERALD_BIN:-$root/target/release/herald}"
 mkdir -p "$out"
@@ -231,7 +234,9 @@ for scenario in $scenarios; do
   for server in "${run_servers[@]}"; do
     case "$scenario" in
       idle) single idle "$server" idle --connections "$n" --hold 3 ;;
+      idle-max) single idle-max "$server" idle --connections "$n_max" --hold 3 ;;
       fanout) single fanout "$server" fanout --connections "$n" --rate 10 --messages 100 ;;
+      fanout-1k) single fanout-1k "$server" fanout --connections 1000 --rate 50 --messages 500 ;;
       fanout-console) herald_only "$scenario" "$server" && CONSOLE_FEED=1 single fanout-console "$server" fanout --connections "$n" --rate 10 --messages 100 ;;
       fanout-history) herald_only "$scenario" "$server" && HISTORY_PREFIX="" single fanout-history "$server" fanout --connections "$n" --rate 10 --messages 100 ;;
       cluster-history) herald_only "$scenario" "$server" && HISTORY_PREFIX="" cluster "$server" cluster-history ;;
@@ -261,7 +266,7 @@ done
   echo "- redis: $(redis-server --version 2>/dev/null | cut -d' ' -f3)"
   "$lt" report "${files[@]}"
 } >"$out/summary.md"
-for s in fanout burst burst-batch cluster; do
+for s in fanout fanout-1k burst burst-batch cluster; do
   f=("$out/$s"-*.json)
   [[ -e "${f[0]}" ]] && "$lt" report --plot "$out/$s.svg" --series "publish→deliver" "${f[@]}" >/dev/null
 done
