@@ -41,9 +41,12 @@ struct Inner {
     writer: Option<Waker>,
 }
 
-/// What one drain took out, besides the frames.
+/// What one drain took out: the frames and pongs in order, the close reason once one is set
+/// and the queue is empty, and the oldest publication's time.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Drained {
+    pub frames: VecDeque<Bytes>,
+    pub pongs: Vec<Bytes>,
     pub close: Option<CloseReason>,
     /// Publish time (Unix µs) of the oldest publication drained; 0 when none.
     pub oldest_publish_us: u64,
@@ -154,15 +157,16 @@ impl Outbox {
         wake(writer);
     }
 
-    /// Like [`Outbox::drain`], and also moves pending pongs into `pongs`.
-    pub fn drain_all(&self, out: &mut Vec<Bytes>, pongs: &mut Vec<Bytes>) -> Drained {
+    /// Takes everything queued, under one lock. The queue's storage goes with its frames: an
+    /// idle connection holds none.
+    pub fn drain_all(&self) -> Drained {
         let mut inner = self.inner.lock();
-        pongs.append(&mut inner.pongs);
-        let oldest_publish_us = std::mem::take(&mut inner.oldest_publish_us);
-        drop(inner);
+        inner.bytes = 0;
         Drained {
-            close: self.drain(out),
-            oldest_publish_us,
+            frames: std::mem::take(&mut inner.queue),
+            pongs: std::mem::take(&mut inner.pongs),
+            close: inner.close.clone(),
+            oldest_publish_us: std::mem::take(&mut inner.oldest_publish_us),
         }
     }
 
@@ -170,7 +174,6 @@ impl Outbox {
     /// queue is empty.
     pub fn drain(&self, out: &mut Vec<Bytes>) -> Option<CloseReason> {
         let mut inner = self.inner.lock();
-        // The queue's storage goes with its frames: an idle connection holds none.
         let queue = std::mem::take(&mut inner.queue);
         inner.bytes = 0;
         inner.oldest_publish_us = 0;
@@ -254,6 +257,23 @@ mod tests {
                 message: "bye".into()
             })
         );
+    }
+
+    #[test]
+    fn drain_all_takes_frames_pongs_and_the_oldest_publish_time() {
+        let o = Outbox::new(100);
+        o.push_timed(Bytes::from_static(b"a"), 7);
+        o.push_timed(Bytes::from_static(b"b"), 9);
+        o.push_pong(Bytes::from_static(b"p"));
+        let d = o.drain_all();
+        assert_eq!(
+            d.frames,
+            [Bytes::from_static(b"a"), Bytes::from_static(b"b")]
+        );
+        assert_eq!(d.pongs, [Bytes::from_static(b"p")]);
+        assert_eq!((d.close, d.oldest_publish_us), (None, 7));
+        assert_eq!(o.queued_bytes(), 0);
+        assert_eq!(o.drain_all(), Drained::default());
     }
 
     #[tokio::test]

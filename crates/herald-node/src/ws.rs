@@ -307,14 +307,14 @@ fn outgoing(conn: &Connection, clock: &mut Liveness, now: Instant) -> Outgoing {
             "Connection is unauthorized: sign in or subscribe to a private channel in time",
         );
     }
-    // Buffers live only while there is something to write: an idle connection holds none.
-    let (mut frames, mut pongs, mut buf) = (Vec::new(), Vec::new(), Vec::new());
-    let drained = conn.outbox.drain_all(&mut frames, &mut pongs);
-    for p in pongs {
-        push_frame(&mut buf, Frame::pong(Payload::Borrowed(&p)));
+    // The buffer lives only while there is something to write: an idle connection holds none.
+    let drained = conn.outbox.drain_all();
+    let mut buf = Vec::new();
+    for p in &drained.pongs {
+        push_frame(&mut buf, Frame::pong(Payload::Borrowed(p)));
     }
-    for f in frames {
-        push_text(&mut buf, &f);
+    for f in &drained.frames {
+        push_text(&mut buf, f);
     }
     let idle = now.saturating_duration_since(clock.last_seen);
     let close = match drained.close {
@@ -369,7 +369,8 @@ async fn on_message(
         }
         Ok(Message::Text(mut text)) => {
             metrics::bytes_in(text.len());
-            Box::pin(session.on_text(&mut text)).await
+            // Not boxed again: this future is boxed where it is awaited (see `run`).
+            session.on_text(&mut text).await
         }
         Ok(Message::Binary(b)) => {
             metrics::bytes_in(b.len());

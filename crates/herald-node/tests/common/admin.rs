@@ -179,17 +179,12 @@ pub async fn migrate(rest: &str) -> (bool, String, String) {
     let dir = super::tempdir::Dir::new();
     let cfg = dir.0.join("herald.toml");
     std::fs::write(&cfg, rest).unwrap();
-    let out = tokio::task::spawn_blocking(move || {
-        std::process::Command::new(env!("CARGO_BIN_EXE_herald"))
-            .arg("migrate")
-            .arg("--config")
-            .arg(&cfg)
-            .env("RUST_LOG", "error")
-            .output()
-            .unwrap()
-    })
-    .await
-    .unwrap();
+    let out = super::herald_output(vec![
+        "migrate".into(),
+        "--config".into(),
+        cfg.into_os_string(),
+    ])
+    .await;
     (
         out.status.success(),
         String::from_utf8_lossy(&out.stdout).into_owned(),

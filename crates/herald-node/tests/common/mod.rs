@@ -75,8 +75,6 @@ pub mod tempdir {
     }
 }
 
-/// The apps every test node has: app1 (client events on) and app2 (client events off,
-/// at most 2 connections, an origin allowlist).
 /// Runs `herald` on a config of its own `[server]` listeners and `node_id` plus `rest`, until it
 /// exits: whether it succeeded, and what it printed on stderr.
 pub async fn run_until_exit(node_id: &str, rest: &str) -> (bool, String) {
@@ -91,22 +89,28 @@ pub async fn run_until_exit(node_id: &str, rest: &str) -> (bool, String) {
         ),
     )
     .unwrap();
-    let out = tokio::task::spawn_blocking(move || {
-        Command::new(env!("CARGO_BIN_EXE_herald"))
-            .arg("--config")
-            .arg(&cfg)
-            .env("RUST_LOG", "error")
-            .output()
-            .unwrap()
-    })
-    .await
-    .unwrap();
+    let out = herald_output(vec!["--config".into(), cfg.into_os_string()]).await;
     (
         out.status.success(),
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
 }
 
+/// Runs the `herald` binary with `args` until it exits (logging errors only).
+pub async fn herald_output(args: Vec<std::ffi::OsString>) -> std::process::Output {
+    tokio::task::spawn_blocking(move || {
+        Command::new(env!("CARGO_BIN_EXE_herald"))
+            .args(args)
+            .env("RUST_LOG", "error")
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap()
+}
+
+/// The apps every test node has: app1 (client events on) and app2 (client events off,
+/// at most 2 connections, an origin allowlist).
 pub fn default_apps() -> String {
     r#"
 [[apps]]
