@@ -220,3 +220,72 @@ async fn webhooks_caused_by_the_drain_are_delivered() {
         );
     }
 }
+
+/// An app's connection limit holds while count flushes race admissions: two nodes' buses on
+/// one Redis, flushing every millisecond, admit 150 concurrent connections against a limit of
+/// 20, round after round. (A flush that read a node's count between an admission's script and
+/// its local count wrote one too few, and the app went over its limit until the next flush.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connection_limit_holds_while_counts_flush() {
+    use herald_bus::{RedisBus, RedisBusConfig};
+    use herald_hub::ClusterState;
+    use tokio_util::sync::CancellationToken;
+    use tokio_util::task::TaskTracker;
+
+    const LIMIT: u64 = 20;
+    let redis = Redis::start().await;
+    let (tasks, cancel) = (TaskTracker::new(), CancellationToken::new());
+    let mut buses = Vec::new();
+    for node in ["limit-a", "limit-b"] {
+        let mut cfg = RedisBusConfig::new(node);
+        cfg.url = Some(redis.url());
+        cfg.flush_interval = Duration::from_millis(1);
+        let bus = RedisBus::connect(cfg, tasks.clone(), cancel.clone())
+            .await
+            .expect("bus connects");
+        buses.push(std::sync::Arc::new(bus));
+    }
+    for round in 0..30 {
+        let mut attempts = tokio::task::JoinSet::new();
+        for i in 0..150 {
+            let bus = buses[i % 2].clone();
+            attempts.spawn(async move {
+                let admitted = bus.connection_opened("app", LIMIT).await.unwrap();
+                (i % 2, admitted)
+            });
+        }
+        let mut admitted = Vec::new();
+        while let Some(done) = attempts.join_next().await {
+            let (node, ok) = done.unwrap();
+            if ok {
+                admitted.push(node);
+            }
+        }
+        assert!(
+            admitted.len() as u64 <= LIMIT,
+            "round {round}: {} connections admitted against a limit of {LIMIT}",
+            admitted.len()
+        );
+        assert_eq!(
+            admitted.len() as u64,
+            LIMIT,
+            "round {round}: the limit is reachable"
+        );
+        for node in admitted {
+            buses[node].connection_closed("app");
+        }
+        // Every close written: the next round starts from zero in Redis.
+        let key = herald_bus::keys::Keys::new("herald").app_connections("app");
+        let key = key.as_str();
+        let mut emptied = false;
+        for _ in 0..200 {
+            if redis::cli(redis.port, &["HLEN", key]).trim() == "0" {
+                emptied = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert!(emptied, "round {round}: closes reach Redis");
+    }
+    cancel.cancel();
+}

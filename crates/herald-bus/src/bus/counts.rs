@@ -156,10 +156,12 @@ pub(crate) async fn flush_connections(shared: &Shared) -> Result<(), Error> {
     let dirty: Vec<Arc<str>> = shared.local.dirty_connections.lock().drain().collect();
     let index = shared.keys.node_index(&shared.cfg.node_id);
     for (i, app) in dirty.iter().enumerate() {
-        let n = shared.local.connections.get(app).map(|n| *n).unwrap_or(0);
         let key = shared.keys.app_connections(app);
         let node = shared.cfg.node_id.as_str();
         let written: Result<(), Error> = async {
+            // No admission is between its script and its local count while this is held.
+            let _gate = shared.local.connections_gate.write().await;
+            let n = shared.local.connections.get(app).map(|n| *n).unwrap_or(0);
             if n > 0 {
                 let _: i64 = shared.client.sadd(&index, index_connections(app)).await?;
                 let _: () = shared.client.hset(key, (node, n as i64)).await?;
@@ -182,6 +184,26 @@ pub(crate) async fn flush_connections(shared: &Shared) -> Result<(), Error> {
     Ok(())
 }
 
+/// Marks an app's connection count for rewriting unless disarmed: an admission that failed or
+/// was cancelled after its script was sent may have been counted in Redis.
+struct Unsettled<'a> {
+    shared: &'a Shared,
+    app_id: &'a str,
+    armed: bool,
+}
+
+impl Drop for Unsettled<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            self.shared
+                .local
+                .dirty_connections
+                .lock()
+                .insert(Arc::from(self.app_id));
+        }
+    }
+}
+
 /// Counts a new connection against the app's cluster-wide limit.
 pub(crate) async fn connection_opened(
     shared: &Shared,
@@ -191,6 +213,7 @@ pub(crate) async fn connection_opened(
     if limit == 0 {
         return Ok(true);
     }
+    let _gate = shared.local.connections_gate.read().await;
     if shared.local.connections.get(app_id).is_none_or(|n| *n == 0) {
         // The index first: a node that dies right after still has this count reaped.
         let index = shared.keys.node_index(&shared.cfg.node_id);
@@ -200,6 +223,11 @@ pub(crate) async fn connection_opened(
             .await
             .map_err(crate::bus::state::unavailable)?;
     }
+    let mut unsettled = Unsettled {
+        shared,
+        app_id,
+        armed: true,
+    };
     let counted: i64 = scripts::CONNECTION_OPEN
         .evalsha_with_reload(
             &shared.client,
@@ -207,27 +235,14 @@ pub(crate) async fn connection_opened(
             vec![shared.cfg.node_id.clone(), limit.to_string()],
         )
         .await
-        .map_err(|e| {
-            // It may have counted the connection: write the true count again.
-            shared
-                .local
-                .dirty_connections
-                .lock()
-                .insert(Arc::from(app_id));
-            crate::bus::state::unavailable(e)
-        })?;
+        .map_err(crate::bus::state::unavailable)?;
+    unsettled.armed = false;
     if counted == 1 {
         *shared
             .local
             .connections
             .entry(Arc::from(app_id))
             .or_insert(0) += 1;
-        // A flush that read the count before this increment wrote one too few: write again.
-        shared
-            .local
-            .dirty_connections
-            .lock()
-            .insert(Arc::from(app_id));
     }
     Ok(counted == 1)
 }

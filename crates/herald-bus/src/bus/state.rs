@@ -227,6 +227,11 @@ pub(crate) struct Local {
     pub connections: DashMap<Arc<str>, u64>,
     /// Apps whose connection count Redis has not seen yet.
     pub dirty_connections: Mutex<HashSet<Arc<str>>>,
+    /// Held shared by an admission from its script until `connections` counts it, and
+    /// exclusively by a flush while it reads a count and writes it: a flush never writes a
+    /// count that lacks a connection Redis already counted (which would let the app exceed its
+    /// limit until the next flush).
+    pub connections_gate: tokio::sync::RwLock<()>,
     /// Wakes the flush loop early (a first subscriber waits for its count).
     pub flush_now: Notify,
 }
