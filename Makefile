@@ -3,7 +3,7 @@ CARGO ?= cargo
 JOBS ?= 2
 HERALD_BIN := target/debug/herald
 
-.PHONY: help deps build release run test test-rust test-conformance test-js test-console test-python check-deploy lint fmt cluster bench fuzz clean
+.PHONY: help deps build release run test test-rust test-conformance test-js test-console test-python check-deploy lint fmt cluster bench floor fuzz clean
 
 help:
 	@echo "make run            build and start one node (in-process bus, demo app)"
@@ -11,6 +11,7 @@ help:
 	@echo "make lint           rustfmt --check and clippy -D warnings"
 	@echo "make cluster        a local Redis and three nodes"
 	@echo "make bench          the standard benchmark set (loadtest/)"
+	@echo "make floor          this machine's fan-out floor: FLOOR_N loopback writes per wave (loadtest/floor)"
 	@echo "make check-deploy   render and validate the Helm chart and manifests"
 	@echo "make fuzz           run every fuzz target for FUZZ_SECONDS (nightly, cargo-fuzz)"
 
@@ -62,6 +63,13 @@ cluster: build
 
 bench: release
 	loadtest/bench.sh
+
+# The floor under a fan-out on this machine: FLOOR_N loopback connections, one message each per
+# wave, written by each of the plainest senders (loadtest/floor, docs/benchmarks.md).
+FLOOR_N ?= 1000
+floor:
+	CARGO_TARGET_DIR=$(CURDIR)/target/floor $(CARGO) build -j$(JOBS) --release --manifest-path loadtest/floor/Cargo.toml
+	for mode in write write2 uring tasks direct; do target/floor/release/loopback-floor $(FLOOR_N) $$mode; done
 
 FUZZ_SECONDS ?= 60
 FUZZ_TARGETS := client_frame frame_reader api_request presence_data bus_envelope

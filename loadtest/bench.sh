@@ -22,6 +22,11 @@
 # and cluster with every channel keeping history), recovery (5,000 clients of 100 history
 # channels on a Redis-backed node drop, miss 20 events each, and resume at once), fanout-console
 # (fanout with a debug console reading the app's feed, payloads on, for the whole run).
+#
+# Also not in the default set: fanout-spread and fanout-1k-spread, fanout and fanout-1k with the
+# four publishers started evenly apart. In the default scenarios they publish at the same
+# moments, so events arrive four at a time (10 msg/s is 4 events every 400 ms); spread, they
+# arrive one at a time at the stated rate.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 peers="$root/loadtest/peers"
@@ -237,6 +242,8 @@ for scenario in $scenarios; do
       idle-max) single idle-max "$server" idle --connections "$n_max" --hold 3 ;;
       fanout) single fanout "$server" fanout --connections "$n" --rate 10 --messages 100 ;;
       fanout-1k) single fanout-1k "$server" fanout --connections 1000 --rate 50 --messages 500 ;;
+      fanout-spread) single fanout-spread "$server" fanout --connections "$n" --rate 10 --messages 100 --spread ;;
+      fanout-1k-spread) single fanout-1k-spread "$server" fanout --connections 1000 --rate 50 --messages 500 --spread ;;
       fanout-console) herald_only "$scenario" "$server" && CONSOLE_FEED=1 single fanout-console "$server" fanout --connections "$n" --rate 10 --messages 100 ;;
       fanout-history) herald_only "$scenario" "$server" && HISTORY_PREFIX="" single fanout-history "$server" fanout --connections "$n" --rate 10 --messages 100 ;;
       cluster-history) herald_only "$scenario" "$server" && HISTORY_PREFIX="" cluster "$server" cluster-history ;;

@@ -154,6 +154,10 @@ pub struct DeliverArgs {
     /// Concurrent HTTP publisher connections.
     #[arg(long, default_value_t = 4)]
     pub publishers: usize,
+    /// With --rate: start publisher w a w/publishers share of the interval late, so events
+    /// arrive evenly instead of one from each publisher at once.
+    #[arg(long)]
+    pub spread: bool,
     /// Events per request; more than 1 uses /batch_events (servers cap it at 10).
     #[arg(long, default_value_t = 1)]
     pub batch: usize,

@@ -167,6 +167,7 @@ fn plan(a: &DeliverArgs, default_rate: f64) -> Plan {
         messages: a.messages,
         rate: a.rate.unwrap_or(default_rate),
         publishers: a.publishers,
+        spread: a.spread,
         batch: a.batch,
         payload_bytes: a.payload,
         drain_timeout_s: a.drain_timeout,

@@ -29,6 +29,8 @@ pub struct Plan {
     /// Messages per second over all publishers; 0 means as fast as possible.
     pub rate: f64,
     pub publishers: usize,
+    /// Publishers start evenly apart within the interval (else all at once).
+    pub spread: bool,
     pub batch: usize,
     pub payload_bytes: usize,
     pub drain_timeout_s: u64,
@@ -307,6 +309,13 @@ async fn publish(
     let publishers = plan.publishers.max(1) as u64;
     let batch = plan.batch.max(1);
     let mut publisher = Publisher::connect(target.api[0], target.creds.clone()).await?;
+    if plan.spread && plan.rate > 0.0 {
+        let per_request = batch as f64 * publishers as f64 / plan.rate;
+        tokio::time::sleep(Duration::from_secs_f64(
+            per_request * w as f64 / publishers as f64,
+        ))
+        .await;
+    }
     let mut ticker = (plan.rate > 0.0).then(|| {
         let per_request = batch as f64 * publishers as f64 / plan.rate;
         let mut t = tokio::time::interval(Duration::from_secs_f64(per_request));
