@@ -34,12 +34,36 @@ fn now_ns() -> u64 {
     clock_ns(libc::CLOCK_MONOTONIC)
 }
 
-/// Bytes read so far, when the receiver last read, and when each message arrived.
+/// Bytes read so far, and when each read of the current wave happened.
 #[derive(Default)]
 struct Received {
     bytes: AtomicU64,
-    last_ns: AtomicU64,
     arrivals: std::sync::Mutex<Vec<u64>>,
+}
+
+/// Per-wave figures, in ms from the wave's first write: the deliveries' p50 and p99 and the
+/// last delivery.
+#[derive(Default)]
+struct Waves {
+    p50: Vec<f64>,
+    p99: Vec<f64>,
+    last: Vec<f64>,
+}
+
+impl Waves {
+    /// Takes the finished wave's arrivals; keeps its figures unless it was a warm-up wave.
+    fn record(&mut self, received: &Received, start: u64, keep: bool) {
+        let arrivals = std::mem::take(&mut *received.arrivals.lock().expect("arrivals"));
+        let mut ms: Vec<f64> = arrivals
+            .into_iter()
+            .map(|t| t.saturating_sub(start) as f64 / 1e6)
+            .collect();
+        if keep && !ms.is_empty() {
+            self.p50.push(percentile(&mut ms, 0.5));
+            self.p99.push(percentile(&mut ms, 0.99));
+            self.last.push(percentile(&mut ms, 1.0));
+        }
+    }
 }
 
 fn receiver(sockets: Vec<TcpStream>, received: Arc<Received>) {
@@ -68,10 +92,8 @@ fn receiver(sockets: Vec<TcpStream>, received: Arc<Received>) {
                     return;
                 }
                 // The time first: whoever sees the count complete sees this read's time.
-                let at = now_ns();
-                received.last_ns.store(at, Ordering::Relaxed);
                 if let Ok(mut a) = received.arrivals.lock() {
-                    a.push(at);
+                    a.push(now_ns());
                 }
                 received.bytes.fetch_add(k as u64, Ordering::Release);
             }
@@ -142,19 +164,8 @@ fn main() {
     }
     let msg = vec![b'x'; payload];
     let expected = |before: u64| before + (n * payload) as u64;
-    let mut done_ms = Vec::new();
+    let mut figures = Waves::default();
     let mut cpu_us = Vec::new();
-    let (mut p50_ms, mut p99_ms) = (Vec::new(), Vec::new());
-    let deliveries = |start: u64, p50: &mut Vec<f64>, p99: &mut Vec<f64>| {
-        let mut a: Vec<f64> = std::mem::take(&mut *received.arrivals.lock().expect("arrivals"))
-            .into_iter()
-            .map(|t| t.saturating_sub(start) as f64 / 1e6)
-            .collect();
-        if !a.is_empty() {
-            p50.push(percentile(&mut a, 0.5));
-            p99.push(percentile(&mut a, 0.99));
-        }
-    };
 
     if mode == "tasks" || mode == "direct" {
         let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -210,13 +221,7 @@ fn main() {
                 while received.bytes.load(Ordering::Acquire) < expected(before) {
                     tokio::task::yield_now().await;
                 }
-                let last = received.last_ns.load(Ordering::Relaxed).max(start);
-                if w >= warmup {
-                    done_ms.push((last - start) as f64 / 1e6);
-                    deliveries(start, &mut p50_ms, &mut p99_ms);
-                } else {
-                    received.arrivals.lock().expect("arrivals").clear();
-                }
+                figures.record(&received, start, w >= warmup);
             }
         });
     } else {
@@ -243,14 +248,10 @@ fn main() {
             while received.bytes.load(Ordering::Acquire) < expected(before) {
                 std::hint::spin_loop();
             }
-            let last = received.last_ns.load(Ordering::Relaxed).max(start);
             if w >= warmup {
-                done_ms.push((last - start) as f64 / 1e6);
                 cpu_us.push(cpu as f64 / n as f64 / 1e3);
-                deliveries(start, &mut p50_ms, &mut p99_ms);
-            } else {
-                received.arrivals.lock().expect("arrivals").clear();
             }
+            figures.record(&received, start, w >= warmup);
         }
     }
     let cpu = if cpu_us.is_empty() {
@@ -264,8 +265,8 @@ fn main() {
     println!(
         "{mode}: {n} connections, {waves} waves of {payload} bytes: per wave (median over waves) \
          delivery p50 {:.2} ms, p99 {:.2} ms, last {:.2} ms{cpu}",
-        percentile(&mut p50_ms, 0.5),
-        percentile(&mut p99_ms, 0.5),
-        percentile(&mut done_ms, 0.5),
+        percentile(&mut figures.p50, 0.5),
+        percentile(&mut figures.p99, 0.5),
+        percentile(&mut figures.last, 0.5),
     );
 }

@@ -309,16 +309,13 @@ async fn publish(
     let publishers = plan.publishers.max(1) as u64;
     let batch = plan.batch.max(1);
     let mut publisher = Publisher::connect(target.api[0], target.creds.clone()).await?;
-    if plan.spread && plan.rate > 0.0 {
-        let per_request = batch as f64 * publishers as f64 / plan.rate;
-        tokio::time::sleep(Duration::from_secs_f64(
-            per_request * w as f64 / publishers as f64,
-        ))
-        .await;
+    let per_request = (plan.rate > 0.0)
+        .then(|| Duration::from_secs_f64(batch as f64 * publishers as f64 / plan.rate));
+    if let (true, Some(every)) = (plan.spread, per_request) {
+        tokio::time::sleep(every.mul_f64(w as f64 / publishers as f64)).await;
     }
-    let mut ticker = (plan.rate > 0.0).then(|| {
-        let per_request = batch as f64 * publishers as f64 / plan.rate;
-        let mut t = tokio::time::interval(Duration::from_secs_f64(per_request));
+    let mut ticker = per_request.map(|every| {
+        let mut t = tokio::time::interval(every);
         t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
         t
     });
